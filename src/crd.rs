@@ -1,0 +1,505 @@
+//! The routelb custom resources (`routelb.io/v1alpha1`, all cluster-scoped):
+//! [`AddressPool`], [`BGPPeer`] and [`RouterConfig`].
+//!
+//! Field names are part of the product (see DESIGN.md). Validation that the API server
+//! can do on its own (ranges, patterns, CEL rules) lives in the schema so a bad object is
+//! refused at `kubectl apply`; semantic checks that need parsing (pool entries, overlaps)
+//! happen in [`crate::ipam`] and surface as conditions and Events.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every routelb resource.
+pub const GROUP: &str = "routelb.io";
+/// API version of every routelb resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// How addresses of a pool reach the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Announced from `kube-lb0` by the routing daemon (BGP), spread by the routers (ECMP).
+    #[default]
+    Routed,
+    /// Layer 2: placed on the node's LAN interface and answered by ARP/NDP from one node.
+    Local,
+}
+
+/// Prefix lengths announced for a routed pool, per family.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregationLength {
+    /// IPv4 prefix length announced for each address (default 32: one route per address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 32))]
+    pub ipv4: Option<u8>,
+    /// IPv6 prefix length announced for each address (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 128))]
+    pub ipv6: Option<u8>,
+}
+
+/// BGP attributes the routing templates attach to this pool's prefixes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolBgp {
+    /// Communities: standard `ASN:VALUE` or large `ASN:X:Y`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$")))]
+    pub communities: Vec<String>,
+    /// LOCAL_PREF for iBGP peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_preference: Option<u32>,
+}
+
+/// A pool of addresses for Services of type LoadBalancer.
+// clippy reads repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "routelb.io",
+    version = "v1alpha1",
+    kind = "AddressPool",
+    plural = "addresspools",
+    shortname = "lbpool",
+    category = "routelb",
+    status = "AddressPoolStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A pool of addresses that routelb assigns to Services of type LoadBalancer.",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "IPv4 Used",
+        type_ = "integer",
+        json_path = ".status.ipv4.allocated"
+    ),
+    printcolumn(
+        name = "IPv4 Free",
+        type_ = "integer",
+        json_path = ".status.ipv4.available"
+    ),
+    printcolumn(
+        name = "IPv6 Used",
+        type_ = "integer",
+        json_path = ".status.ipv6.allocated"
+    ),
+    printcolumn(
+        name = "IPv6 Free",
+        type_ = "integer",
+        json_path = ".status.ipv6.available"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.aggregationLength) || !has(self.mode) || self.mode == 'routed'").message("aggregationLength applies to routed pools only"))]
+#[serde(rename_all = "camelCase")]
+pub struct AddressPoolSpec {
+    /// Addresses, each a CIDR (`192.0.2.0/24`), a range (`192.0.2.10-192.0.2.20`) or a single
+    /// address; IPv4 and IPv6 may be mixed. Entries must not overlap.
+    #[schemars(length(min = 1), inner(length(min = 1, max = 100)))]
+    pub addresses: Vec<String>,
+    /// `routed` (default) or `local`.
+    #[serde(default)]
+    pub mode: PoolMode,
+    /// Announced prefix length per family (routed pools only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation_length: Option<AggregationLength>,
+    /// Assign from this pool to Services that do not name a pool (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_assign: Option<bool>,
+    /// Never assign IPv4 addresses ending in .0 or .255.
+    #[serde(
+        default,
+        rename = "avoidBuggyIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub avoid_buggy_ips: Option<bool>,
+    /// Stop new allocations; existing assignments are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// Only Services with matching labels may draw from this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<LabelSelector>,
+    /// Only Services in namespaces with matching labels may draw from this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Pools with a lower value are used first; pools without a priority come last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// BGP attributes for this pool's prefixes, exposed to the routing templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<PoolBgp>,
+}
+
+/// Usage of one family of a pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FamilyUsage {
+    /// Assignable addresses (saturates at 2^63-1 for large IPv6 pools).
+    pub pool_size: i64,
+    /// Addresses in use.
+    pub allocated: i64,
+    /// Addresses still free.
+    pub available: i64,
+    /// Lowest address of the pool in this family.
+    #[serde(rename = "firstIP")]
+    pub first_ip: String,
+    /// Highest address of the pool in this family.
+    #[serde(rename = "lastIP")]
+    pub last_ip: String,
+}
+
+/// Observed state of an AddressPool, written by the allocator at a bounded rate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressPoolStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<FamilyUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<FamilyUsage>,
+    /// Address to the Services using it (`namespace/name`), while the pool has few
+    /// allocations; see `usedTruncated`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub used: BTreeMap<String, String>,
+    /// True when `used` lists only part of the allocations.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub used_truncated: bool,
+    /// `Ready`, `Conflict` (overlaps an older pool: not used until fixed), `Uncovered`
+    /// (assignments outside the current addresses), `Invalid`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A reference to a key of a Secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Secret namespace (default: the namespace routelb runs in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Key within the Secret (default `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Bidirectional Forwarding Detection for a session; present means enabled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BfdConfig {
+    /// Minimum receive interval in milliseconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub receive_interval: Option<u32>,
+    /// Minimum transmit interval in milliseconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 60000))]
+    pub transmit_interval: Option<u32>,
+    /// Missed packets before the session is declared down (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 255))]
+    pub detect_multiplier: Option<u8>,
+}
+
+/// A BGP router the nodes' routing daemons peer with.
+// clippy reads repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "routelb.io",
+    version = "v1alpha1",
+    kind = "BGPPeer",
+    plural = "bgppeers",
+    shortname = "bgppeer",
+    category = "routelb",
+    status = "ConditionsStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A BGP router that the routing daemon on the selected nodes peers with.",
+    printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"),
+    printcolumn(name = "ASN", type_ = "integer", json_path = ".spec.asn"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPPeerSpec {
+    /// The router's address.
+    #[schemars(length(max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address"))]
+    pub address: String,
+    /// The router's AS number.
+    #[schemars(range(min = 1))]
+    pub asn: u32,
+    /// The router's BGP port (default 179).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub port: Option<u16>,
+    /// TCP MD5 password, from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Hold time in seconds: 0 (no keepalives) or at least 3 (default 90).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 0 || self >= 3").message("holdTime must be 0 or at least 3 seconds"))]
+    pub hold_time: Option<u16>,
+    /// Allow an eBGP session over this many hops (the router is not on the node's LAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 255))]
+    pub ebgp_multihop: Option<u8>,
+    /// Enable BFD on the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdConfig>,
+    /// Enable BGP graceful restart, so a daemon restart does not withdraw routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_restart: Option<bool>,
+    /// Advertise all paths to this peer (BGP ADD-PATH, send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_paths: Option<bool>,
+    /// Nodes that peer with this router (default: all). Lets each rack's nodes peer with
+    /// their own leaf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+}
+
+/// Conditions and the generation they describe.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionsStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The routing daemon running beside the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Daemon {
+    #[default]
+    Bird,
+    Frr,
+}
+
+/// Routing settings for a group of nodes.
+// clippy reads repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "routelb.io",
+    version = "v1alpha1",
+    kind = "RouterConfig",
+    plural = "routerconfigs",
+    shortname = "lbrouter",
+    category = "routelb",
+    status = "ConditionsStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "Routing settings (local ASN, router ID, daemon, kernel table) for the nodes it selects.",
+    printcolumn(name = "ASN", type_ = "integer", json_path = ".spec.asn"),
+    printcolumn(name = "Daemon", type_ = "string", json_path = ".spec.daemon"),
+    printcolumn(name = "Table", type_ = "integer", json_path = ".spec.routeTable"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterConfigSpec {
+    /// Nodes this config applies to (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// The nodes' local AS number.
+    #[schemars(range(min = 1))]
+    pub asn: u32,
+    /// BGP router ID, an IPv4 address (default: the node's IPv4 address).
+    #[serde(default, rename = "routerID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 4").message("routerID must be an IPv4 address"))]
+    pub router_id: Option<String>,
+    /// Port the daemon listens on for BGP (default 179); 0 means outbound sessions only,
+    /// for nodes where another BGP speaker (e.g. Calico's BIRD) owns port 179.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
+    /// `bird` (default) or `frr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<Daemon>,
+    /// Template file name in the templates ConfigMap (default `bird.conf.tera` or
+    /// `frr.conf.tera`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"))]
+    pub template: Option<String>,
+    /// Name of the interface holding the addresses (default `kube-lb0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}$"))]
+    pub interface: Option<String>,
+    /// Kernel routing table for announced prefixes (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("!(self in [253, 254, 255])").message("routeTable must not be the kernel's default (253), main (254) or local (255) table"))]
+    pub route_table: Option<u32>,
+    /// Route protocol number marking routelb's routes (default 249).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 255))]
+    pub route_protocol: Option<u8>,
+}
+
+/// The CustomResourceDefinitions of every routelb resource.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![AddressPool::crd(), BGPPeer::crd(), RouterConfig::crd()]
+}
+
+/// The CRDs as one multi-document YAML file, as shipped in `deploy/crds.yaml`.
+pub fn crds_yaml() -> anyhow::Result<String> {
+    let mut out = String::from("# Generated by `routelb crds`; do not edit.\n");
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::Resource;
+
+    #[test]
+    fn crds_are_cluster_scoped_in_the_routelb_group() {
+        for crd in crds() {
+            assert_eq!(crd.spec.group, GROUP);
+            assert_eq!(crd.spec.scope, "Cluster");
+            assert_eq!(crd.spec.versions.len(), 1);
+            assert_eq!(crd.spec.versions[0].name, VERSION);
+            assert!(
+                crd.spec.versions[0]
+                    .subresources
+                    .as_ref()
+                    .unwrap()
+                    .status
+                    .is_some()
+            );
+        }
+        assert_eq!(AddressPool::api_version(&()), "routelb.io/v1alpha1");
+        assert_eq!(BGPPeer::plural(&()), "bgppeers");
+    }
+
+    #[test]
+    fn deploy_crds_yaml_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds.yaml");
+        let wanted = crds_yaml().unwrap();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &wanted).unwrap();
+        }
+        let shipped = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            shipped == wanted,
+            "deploy/crds.yaml is stale: run `cargo run -- crds > deploy/crds.yaml` (or UPDATE_GOLDEN=1 cargo test)"
+        );
+    }
+
+    /// Evaluates the CEL rules of a resource's CRD, as the API server would.
+    fn cel<T: CustomResourceExt + Serialize>(obj: &T) -> Result<(), String> {
+        kube::core::cel::validate_cel(obj).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn cel_rules_refuse_what_they_should_and_accept_the_rest() {
+        let spec = AddressPoolSpec {
+            addresses: vec!["192.0.2.0/24".into()],
+            aggregation_length: Some(AggregationLength {
+                ipv4: Some(24),
+                ipv6: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(cel(&AddressPool::new("routed", spec.clone())), Ok(()));
+        let local = AddressPoolSpec {
+            mode: PoolMode::Local,
+            ..spec
+        };
+        let err = cel(&AddressPool::new("local", local)).unwrap_err();
+        assert!(
+            err.contains("aggregationLength applies to routed pools only"),
+            "{err}"
+        );
+
+        let peer = |address: &str, hold_time| {
+            BGPPeer::new(
+                "p",
+                BGPPeerSpec {
+                    address: address.into(),
+                    asn: 64512,
+                    hold_time,
+                    ..Default::default()
+                },
+            )
+        };
+        assert_eq!(cel(&peer("192.0.2.1", Some(90))), Ok(()));
+        assert_eq!(cel(&peer("2001:db8::1", Some(0))), Ok(()));
+        let err = cel(&peer("192.0.2.1; protocol x", None)).unwrap_err();
+        assert!(err.contains("must be an IPv4 or IPv6 address"), "{err}");
+        let err = cel(&peer("192.0.2.1", Some(2))).unwrap_err();
+        assert!(err.contains("holdTime must be 0 or at least 3"), "{err}");
+
+        let router = |router_id: &str, table| {
+            RouterConfig::new(
+                "r",
+                RouterConfigSpec {
+                    asn: 64512,
+                    router_id: Some(router_id.into()),
+                    route_table: Some(table),
+                    ..Default::default()
+                },
+            )
+        };
+        assert_eq!(cel(&router("192.0.2.10", 200)), Ok(()));
+        let err = cel(&router("2001:db8::1", 200)).unwrap_err();
+        assert!(err.contains("routerID must be an IPv4 address"), "{err}");
+        let err = cel(&router("192.0.2.10", 254)).unwrap_err();
+        assert!(err.contains("must not be the kernel's default"), "{err}");
+    }
+
+    #[test]
+    fn pool_spec_uses_the_documented_field_names() {
+        let pool: AddressPoolSpec = serde_json::from_value(serde_json::json!({
+            "addresses": ["192.0.2.0/24"],
+            "mode": "routed",
+            "aggregationLength": {"ipv4": 24, "ipv6": 64},
+            "autoAssign": false,
+            "avoidBuggyIPs": true,
+            "disabled": true,
+            "serviceSelector": {"matchLabels": {"a": "b"}},
+            "namespaceSelector": {"matchExpressions": [{"key": "x", "operator": "Exists"}]},
+            "priority": 5,
+            "bgp": {"communities": ["65000:1"], "localPreference": 200}
+        }))
+        .unwrap();
+        assert_eq!(pool.aggregation_length.unwrap().ipv4, Some(24));
+        assert_eq!(pool.avoid_buggy_ips, Some(true));
+        assert_eq!(pool.bgp.unwrap().local_preference, Some(200));
+        let schema = serde_json::to_string(&AddressPool::crd()).unwrap();
+        assert!(schema.contains("avoidBuggyIPs"));
+        assert!(schema.contains("aggregationLength applies to routed pools only"));
+    }
+}

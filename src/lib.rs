@@ -1,0 +1,10 @@
+//! routelb: a Linux-native LoadBalancer for Kubernetes on bare metal.
+//!
+//! The library is split along the I/O boundary. Pure modules ([`ipam`], [`selector`],
+//! [`crd`] types) never see a kube client or a netlink socket; the subcommands in
+//! [`cli`] wire them to the outside world.
+
+pub mod cli;
+pub mod crd;
+pub mod ipam;
+pub mod selector;

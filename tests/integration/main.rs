@@ -1,0 +1,4 @@
+//! Integration tests: the real `routelb` binary and, as later issues land, the fake API
+//! server, network namespaces and routing daemons.
+
+mod cli;
