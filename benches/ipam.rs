@@ -5,48 +5,26 @@
 //! Run: `cargo bench --bench ipam`. The quadratic baseline runs at 20k and 65,536
 //! Services (about 90 s); `-- --quick` runs it at 20k only, `-- --full` adds 100k (minutes).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use routelb::ipam::range::{Family, addr_value};
 use routelb::ipam::{Ipam, PoolConfig, ServiceKey, ServiceRequest};
 
-/// Counts live heap bytes and their peak, for memory figures.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: delegates to the system allocator and only adds bookkeeping.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 
 /// Runs `f`, returning its result, wall time and peak heap growth in bytes.
 fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration, usize) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let base = counting_alloc::reset_peak();
     let start = Instant::now();
     let out = f();
     let took = start.elapsed();
-    (out, took, PEAK.load(Ordering::Relaxed) - base)
+    (out, took, counting_alloc::peak() - base)
 }
 
 fn request(i: usize) -> ServiceRequest {

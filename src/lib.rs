@@ -7,4 +7,5 @@
 pub mod cli;
 pub mod crd;
 pub mod ipam;
+pub mod leader;
 pub mod selector;

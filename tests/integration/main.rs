@@ -2,3 +2,4 @@
 //! server, network namespaces and routing daemons.
 
 mod cli;
+mod leader;
