@@ -1,9 +1,13 @@
 //! The `routelb` command line: one binary, one subcommand per component.
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Linux-native LoadBalancer for Kubernetes on bare metal.
 ///
@@ -16,6 +20,11 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ROUTELB_LOG_FORMAT")]
     pub log_format: LogFormat,
+
+    /// Kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, then the in-cluster
+    /// service account).
+    #[arg(long, global = true, env = "ROUTELB_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -32,7 +41,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Assign addresses from AddressPools to Services of type LoadBalancer and record them
     /// in the Services' status (runs as a Deployment with leader election).
-    Allocator,
+    Allocator(AllocatorArgs),
     /// Make this node announce the Services it should: addresses on kube-lb0, routes in
     /// the routelb table, routing-daemon configuration (runs as a DaemonSet).
     Agent,
@@ -46,10 +55,37 @@ pub enum Command {
     Crds,
 }
 
+/// Options of `routelb allocator`.
+#[derive(Debug, Args)]
+pub struct AllocatorArgs {
+    /// Ignore Services that have no spec.loadBalancerClass (by default they are handled,
+    /// like those of class routelb.io/routelb).
+    #[arg(long)]
+    pub ignore_class_less: bool,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "routelb-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "routelb-allocator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else host and PID).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a Lease stays valid without renewal; a standby takes over after it.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Address of /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub health_addr: SocketAddr,
+    /// Seconds between AddressPool status refreshes (at most one write per pool each).
+    #[arg(long, default_value_t = 1.0)]
+    pub status_interval: f64,
+}
+
 impl Command {
     fn name(&self) -> &'static str {
         match self {
-            Command::Allocator => "allocator",
+            Command::Allocator(_) => "allocator",
             Command::Agent => "agent",
             Command::Render => "render",
             Command::Cleanup => "cleanup",
@@ -75,7 +111,7 @@ pub fn init_logging(format: LogFormat) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match run(&cli.command) {
+    match run(&cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("routelb {}: error: {err:#}", cli.command.name());
@@ -84,14 +120,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(command: &Command) -> anyhow::Result<ExitCode> {
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let command = &cli.command;
     match command {
+        Command::Allocator(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+            runtime.block_on(allocator(cli.kubeconfig.as_deref(), args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crds => {
             let yaml = crate::crd::crds_yaml()?;
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Allocator | Command::Agent | Command::Render | Command::Cleanup => {
+        Command::Agent | Command::Render | Command::Cleanup => {
             eprintln!(
                 "routelb {}: not implemented yet; this build only provides `routelb crds`",
                 command.name()
@@ -99,6 +141,77 @@ fn run(command: &Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// A kube client from `--kubeconfig`, else the usual inference.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("use kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("find a Kubernetes configuration (set --kubeconfig or KUBECONFIG)")?,
+    };
+    kube::Client::try_from(config).context("build the Kubernetes client")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn allocator(
+    kubeconfig: Option<&std::path::Path>,
+    args: &AllocatorArgs,
+) -> anyhow::Result<()> {
+    let client = client(kubeconfig).await?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease = Duration::from_secs(args.lease_duration.max(3));
+    let opts = crate::allocator::Options {
+        settings: crate::allocator::core::Settings {
+            handle_class_less: !args.ignore_class_less,
+            ..Default::default()
+        },
+        lease_namespace: args.lease_namespace.clone(),
+        lease_name: args.lease_name.clone(),
+        identity: identity.clone(),
+        timing: crate::leader::Timing {
+            lease_duration: lease,
+            renew_deadline: lease * 2 / 3,
+            retry_period: (lease / 7).max(Duration::from_millis(200)),
+        },
+        status_interval: Duration::from_secs_f64(args.status_interval.max(0.05)),
+        ..Default::default()
+    };
+    let health = crate::health::Health::new();
+    let bound = crate::health::serve(args.health_addr, health.clone()).await?;
+    tracing::info!(%identity, health = %bound, "routelb allocator starting");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(crate::allocator::run(client, opts, health, stopped));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop.send_replace(true);
+    run.await.context("allocator task")??;
+    Ok(())
 }
 
 #[cfg(test)]

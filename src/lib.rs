@@ -4,8 +4,12 @@
 //! [`crd`] types) never see a kube client or a netlink socket; the subcommands in
 //! [`cli`] wire them to the outside world.
 
+pub mod allocator;
 pub mod cli;
 pub mod crd;
+pub mod events;
+pub mod health;
 pub mod ipam;
 pub mod leader;
 pub mod selector;
+pub mod service;

@@ -407,6 +407,12 @@ impl Api {
             inner.put(&rt.storage, t.key(), new);
             return Self::remove(inner, t);
         }
+        // A write that changes nothing is not stored: no new resourceVersion, no event.
+        let mut unchanged = new.clone();
+        unchanged["metadata"]["resourceVersion"] = old.value["metadata"]["resourceVersion"].clone();
+        if unchanged == old.value {
+            return Ok(present(rt, &old.value));
+        }
         let stored = inner.put(&rt.storage, t.key(), new);
         Ok(present(rt, &stored.value))
     }

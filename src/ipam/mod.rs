@@ -370,6 +370,11 @@ impl Ipam {
         })
     }
 
+    /// The name of the pool containing `addr` (the active one if any, else the oldest).
+    pub fn pool_containing(&self, addr: IpAddr) -> Option<&str> {
+        self.containing_pool(addr).map(|p| p.cfg.name.as_str())
+    }
+
     /// Usage of a pool for its status.
     pub fn pool_usage(&self, name: &str) -> Option<PoolUsage> {
         let pool = self.pools.get(name)?;

@@ -34,7 +34,7 @@ fn crds_prints_what_deploy_ships() {
 
 #[test]
 fn unbuilt_subcommands_fail_and_say_so() {
-    for sub in ["allocator", "agent", "render", "cleanup"] {
+    for sub in ["agent", "render", "cleanup"] {
         let out = routelb(&[sub]);
         assert!(!out.status.success(), "{sub} must not pretend to succeed");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -53,4 +53,17 @@ fn every_subcommand_explains_itself() {
             "{sub}: {help}"
         );
     }
+}
+
+#[test]
+fn the_allocator_without_a_cluster_says_what_to_configure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_routelb"))
+        .args(["allocator", "--health-addr", "127.0.0.1:0"])
+        .env_remove("KUBECONFIG")
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("run routelb");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set --kubeconfig or KUBECONFIG"), "{err}");
 }

@@ -1,0 +1,916 @@
+//! The allocator's decisions, pure: from Services, AddressPools and Namespaces as they
+//! change, to effects (what each Service's status should show, Events, pool statuses
+//! to refresh). The I/O layer feeds it watch events and carries the effects out.
+//!
+//! Work per event is proportional to the change: a Service event costs one O(log n)
+//! allocation; a release or a pool change retries only the Services waiting for an
+//! address, oldest first, never every Service.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::crd::{AddressPool, AddressPoolStatus, FamilyUsage};
+use crate::ipam::{Allocation, Ipam, PoolConfig, ServiceKey, ServiceRequest};
+use crate::selector::Labels;
+use crate::service::{self, Handling};
+
+/// Event reasons, as `kubectl describe` shows them.
+pub mod reason {
+    pub const ASSIGNED: &str = "AddressAssigned";
+    pub const FAILED: &str = "AllocationFailed";
+    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    pub const RELEASED: &str = "AddressReleased";
+    pub const DEPRECATED_LB_IP: &str = "LoadBalancerIPDeprecated";
+    pub const OUTSIDE_POOL: &str = "AddressOutsidePool";
+    pub const CONFLICT: &str = "AddressConflict";
+    pub const POOL_INVALID: &str = "InvalidSpec";
+    pub const POOL_CONFLICT: &str = "PoolConflict";
+    pub const POOL_CONFLICT_RESOLVED: &str = "PoolConflictResolved";
+}
+
+/// The object an Event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Regarding {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+impl Regarding {
+    fn service(svc: &Service) -> Regarding {
+        Regarding {
+            kind: "Service",
+            api_version: "v1",
+            namespace: svc.namespace(),
+            name: svc.name_any(),
+            uid: svc.uid(),
+        }
+    }
+
+    fn service_key(key: &ServiceKey) -> Regarding {
+        Regarding {
+            kind: "Service",
+            api_version: "v1",
+            namespace: Some(key.namespace.clone()),
+            name: key.name.clone(),
+            uid: None,
+        }
+    }
+
+    fn pool(name: &str) -> Regarding {
+        Regarding {
+            kind: "AddressPool",
+            api_version: "routelb.io/v1alpha1",
+            namespace: None,
+            name: name.to_string(),
+            uid: None,
+        }
+    }
+}
+
+/// What the I/O layer must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Make the Service's `status.loadBalancer.ingress` list `addresses` and its
+    /// `allocated-from` annotation name `pool` (both cleared when empty / `None`).
+    /// `observed` is the resourceVersion of the Service version that showed otherwise.
+    Publish {
+        key: ServiceKey,
+        addresses: Vec<IpAddr>,
+        pool: Option<String>,
+        observed: Option<String>,
+    },
+    Event {
+        regarding: Regarding,
+        warning: bool,
+        reason: &'static str,
+        note: String,
+    },
+    /// The pool's status may have changed; the I/O layer refreshes it at a bounded rate.
+    PoolStatus(String),
+}
+
+/// Allocator settings that change decisions.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Handle Services without a `loadBalancerClass`.
+    pub handle_class_less: bool,
+    /// Pools with more allocations than this list none in `status.used`.
+    pub used_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            handle_class_less: true,
+            used_limit: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct PoolEntry {
+    error: Option<String>,
+    uncovered: Vec<IpAddr>,
+}
+
+/// The allocator's state.
+#[derive(Debug)]
+pub struct Core {
+    settings: Settings,
+    ipam: Ipam,
+    pools: BTreeMap<String, PoolEntry>,
+    namespaces: HashMap<String, Labels>,
+    /// Handled Services, latest version seen.
+    services: HashMap<ServiceKey, Arc<Service>>,
+    /// Services waiting for an address that may come, oldest first: by creation time,
+    /// then by when they started waiting (creation times have one-second resolution).
+    pending: BTreeSet<(i64, u64, ServiceKey)>,
+    pending_since: HashMap<ServiceKey, (i64, u64)>,
+    pending_seq: u64,
+    /// Last failure reported per Service, so a repeated failure is not re-reported.
+    last_failure: HashMap<ServiceKey, String>,
+    deprecation_reported: HashSet<ServiceKey>,
+    retry: bool,
+    context: Option<String>,
+    effects: Vec<Effect>,
+}
+
+fn created(svc: &Service) -> i64 {
+    svc.metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(i64::MAX, |t| t.0.as_second())
+}
+
+fn list(addrs: &[IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Core {
+    pub fn new(settings: Settings) -> Core {
+        Core {
+            settings,
+            ipam: Ipam::new(),
+            pools: BTreeMap::new(),
+            namespaces: HashMap::new(),
+            services: HashMap::new(),
+            pending: BTreeSet::new(),
+            pending_since: HashMap::new(),
+            pending_seq: 0,
+            last_failure: HashMap::new(),
+            deprecation_reported: HashSet::new(),
+            retry: false,
+            context: None,
+            effects: Vec::new(),
+        }
+    }
+
+    /// The allocation index (read-only), for status and tests.
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// Services waiting for an address.
+    pub fn pending(&self) -> Vec<ServiceKey> {
+        self.pending.iter().map(|(_, _, k)| k.clone()).collect()
+    }
+
+    /// Handled Services known to the core.
+    pub fn service_keys(&self) -> Vec<ServiceKey> {
+        self.services.keys().cloned().collect()
+    }
+
+    /// Names of pools known to the core.
+    pub fn pool_names(&self) -> Vec<String> {
+        self.pools.keys().cloned().collect()
+    }
+
+    fn emit(&mut self, e: Effect) {
+        self.effects.push(e);
+    }
+
+    fn event(&mut self, regarding: Regarding, warning: bool, reason: &'static str, note: String) {
+        self.emit(Effect::Event {
+            regarding,
+            warning,
+            reason,
+            note,
+        });
+    }
+
+    /// Runs pending retries, then hands over the effects.
+    fn finish(&mut self) -> Vec<Effect> {
+        while std::mem::take(&mut self.retry) {
+            let waiting: Vec<ServiceKey> = self.pending.iter().map(|(_, _, k)| k.clone()).collect();
+            for key in waiting {
+                if let Some(svc) = self.services.get(&key).cloned() {
+                    self.handle(&svc);
+                }
+            }
+        }
+        // Keep the order of effects but drop repeated pool refreshes.
+        let mut seen = HashSet::new();
+        let effects = std::mem::take(&mut self.effects);
+        effects
+            .into_iter()
+            .filter(|e| match e {
+                Effect::PoolStatus(p) => seen.insert(p.clone()),
+                _ => true,
+            })
+            .collect()
+    }
+
+    // ----- startup ------------------------------------------------------------------
+
+    /// Builds the state from a full snapshot: pools first, then every recorded
+    /// assignment, and only then new allocations (oldest Services first). A restored
+    /// assignment is never moved.
+    pub fn restore(
+        &mut self,
+        services: &[Arc<Service>],
+        pools: &[Arc<AddressPool>],
+        namespaces: &[Arc<Namespace>],
+    ) -> Vec<Effect> {
+        for ns in namespaces {
+            self.namespaces.insert(ns.name_any(), ns.labels().clone());
+        }
+        let mut pools: Vec<&Arc<AddressPool>> = pools.iter().collect();
+        pools.sort_by_key(|p| {
+            (
+                p.creation_timestamp().map_or(i64::MAX, |t| t.0.as_second()),
+                p.name_any(),
+            )
+        });
+        for p in pools {
+            self.apply_pool(p);
+        }
+        let mut ordered: Vec<&Arc<Service>> = services.iter().collect();
+        ordered.sort_by_key(|s| (created(s), service::key(s)));
+        for svc in &ordered {
+            if service::handling(svc, self.settings.handle_class_less) != Handling::Handled {
+                continue;
+            }
+            let key = service::key(svc);
+            self.services.insert(key.clone(), (*svc).clone());
+            let ips = service::ingress_ips(svc);
+            if ips.is_empty() {
+                continue;
+            }
+            // Ours when annotated, or when the addresses lie in our pools (an assignment
+            // whose annotation write was interrupted, or one made by MetalLB and co.
+            // before a migration): adopting them keeps addresses from reshuffling.
+            let hint = match service::allocated_from(svc) {
+                Some(p) => p.to_string(),
+                None => match ips
+                    .iter()
+                    .map(|a| self.ipam.pool_containing(*a))
+                    .collect::<Option<Vec<_>>>()
+                {
+                    Some(found) if !found.is_empty() => found[0].to_string(),
+                    _ => continue,
+                },
+            };
+            let request = self.request_for_restore(svc);
+            if let Err(e) = self.ipam.restore(&request, &hint, &ips) {
+                self.event(
+                    Regarding::service(svc),
+                    true,
+                    reason::CONFLICT,
+                    format!("{e}; allocating again"),
+                );
+            }
+        }
+        for svc in &ordered {
+            match service::handling(svc, self.settings.handle_class_less) {
+                Handling::Handled => self.handle(svc),
+                _ => self.unhandled(svc),
+            }
+        }
+        let names: Vec<String> = self.pools.keys().cloned().collect();
+        for p in names {
+            self.emit(Effect::PoolStatus(p));
+        }
+        self.finish()
+    }
+
+    /// The request used to restore: annotations as they are, or without the broken ones.
+    fn request_for_restore(&self, svc: &Service) -> ServiceRequest {
+        let labels = self.ns_labels(svc);
+        match service::parse(svc, &labels) {
+            Ok(p) => p.request,
+            Err(_) => {
+                let mut bare = (*svc).clone();
+                bare.metadata.annotations = None;
+                if let Some(spec) = bare.spec.as_mut() {
+                    spec.load_balancer_ip = None;
+                }
+                service::parse(&bare, &labels)
+                    .map(|p| p.request)
+                    .unwrap_or_else(|_| ServiceRequest {
+                        key: service::key(svc),
+                        ..ServiceRequest::default()
+                    })
+            }
+        }
+    }
+
+    fn ns_labels(&self, svc: &Service) -> Labels {
+        svc.namespace()
+            .and_then(|ns| self.namespaces.get(&ns).cloned())
+            .unwrap_or_default()
+    }
+
+    // ----- Services -------------------------------------------------------------------
+
+    /// A Service was created or changed.
+    pub fn service_applied(&mut self, svc: Arc<Service>) -> Vec<Effect> {
+        match service::handling(&svc, self.settings.handle_class_less) {
+            Handling::Handled => {
+                self.services.insert(service::key(&svc), svc.clone());
+                self.handle(&svc);
+            }
+            _ => {
+                self.services.remove(&service::key(&svc));
+                self.unhandled(&svc);
+            }
+        }
+        self.finish()
+    }
+
+    /// A Service was deleted.
+    pub fn service_deleted(&mut self, svc: &Service) -> Vec<Effect> {
+        self.drop_service(&service::key(svc));
+        self.finish()
+    }
+
+    /// Forgets a deleted Service and frees what it held.
+    fn drop_service(&mut self, key: &ServiceKey) {
+        self.forget(key);
+        if let Some(a) = self.ipam.release(key) {
+            self.emit(Effect::PoolStatus(a.pool));
+            self.retry = true;
+        }
+    }
+
+    /// A relist finished: handled Services missing from it were deleted while the watch
+    /// was down.
+    pub fn services_relisted(&mut self, present: &HashSet<ServiceKey>) -> Vec<Effect> {
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.drop_service(&key);
+        }
+        self.finish()
+    }
+
+    /// A relist finished: pools missing from it were deleted while the watch was down.
+    pub fn pools_relisted(&mut self, present: &HashSet<String>) -> Vec<Effect> {
+        let gone: Vec<String> = self
+            .pools
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        gone.iter().flat_map(|p| self.pool_deleted(p)).collect()
+    }
+
+    fn forget(&mut self, key: &ServiceKey) {
+        self.services.remove(key);
+        self.unpend(key);
+        self.last_failure.remove(key);
+        self.deprecation_reported.remove(key);
+    }
+
+    fn pend(&mut self, svc: &Service) {
+        let key = service::key(svc);
+        if !self.pending_since.contains_key(&key) {
+            let t = created(svc);
+            self.pending_seq += 1;
+            self.pending_since
+                .insert(key.clone(), (t, self.pending_seq));
+            self.pending.insert((t, self.pending_seq, key));
+        }
+    }
+
+    fn unpend(&mut self, key: &ServiceKey) {
+        if let Some((t, seq)) = self.pending_since.remove(key) {
+            self.pending.remove(&(t, seq, key.clone()));
+        }
+    }
+
+    /// A Service routelb does not (or no longer) handle: release what it held.
+    fn unhandled(&mut self, svc: &Service) {
+        let key = service::key(svc);
+        self.forget(&key);
+        let released = self.ipam.release(&key);
+        let marked = service::allocated_from(svc).is_some();
+        if let Some(a) = &released {
+            self.emit(Effect::PoolStatus(a.pool.clone()));
+            self.retry = true;
+            let why = match service::handling(svc, self.settings.handle_class_less) {
+                Handling::NotLoadBalancer => {
+                    "the Service is no longer of type LoadBalancer".to_string()
+                }
+                Handling::OtherClass(c) => format!("the Service's loadBalancerClass is {c}"),
+                _ => "routelb ignores Services without a loadBalancerClass".to_string(),
+            };
+            self.event(
+                Regarding::service(svc),
+                false,
+                reason::RELEASED,
+                format!(
+                    "Released {} to AddressPool {}: {why}",
+                    list(&a.addresses),
+                    a.pool
+                ),
+            );
+        }
+        if released.is_some() || marked {
+            self.publish(svc, &[], None);
+        }
+    }
+
+    /// Emits a Publish effect when the Service does not already show this.
+    fn publish(&mut self, svc: &Service, addresses: &[IpAddr], pool: Option<&str>) {
+        let shown = service::ingress_ips(svc);
+        let annotated = service::allocated_from(svc);
+        let mut wanted = addresses.to_vec();
+        wanted.sort();
+        if shown == wanted && annotated == pool {
+            return;
+        }
+        self.emit(Effect::Publish {
+            key: service::key(svc),
+            addresses: wanted,
+            pool: pool.map(str::to_string),
+            observed: svc.resource_version(),
+        });
+    }
+
+    fn handle(&mut self, svc: &Service) {
+        let key = service::key(svc);
+        let parsed = match service::parse(svc, &self.ns_labels(svc)) {
+            Ok(p) => p,
+            Err(e) => {
+                let note = e.to_string();
+                self.unpend(&key);
+                if self.last_failure.get(&key) != Some(&note) {
+                    self.last_failure.insert(key.clone(), note.clone());
+                    self.event(
+                        Regarding::service(svc),
+                        true,
+                        reason::INVALID_ANNOTATION,
+                        note,
+                    );
+                }
+                if let Some(a) = self.ipam.assignment(&key) {
+                    self.publish(svc, &a.addresses, Some(&a.pool));
+                }
+                return;
+            }
+        };
+        if parsed.uses_load_balancer_ip && self.deprecation_reported.insert(key.clone()) {
+            self.event(
+                Regarding::service(svc),
+                true,
+                reason::DEPRECATED_LB_IP,
+                format!(
+                    "spec.loadBalancerIP is deprecated; use the annotation {}: \"{}\"",
+                    service::ADDRESSES,
+                    list(&parsed.request.addresses)
+                ),
+            );
+        }
+        let before = self.ipam.assignment(&key);
+        match self.ipam.allocate(&parsed.request) {
+            Ok(allocation) => {
+                self.unpend(&key);
+                self.last_failure.remove(&key);
+                if allocation.changed {
+                    self.report_assignment(
+                        svc,
+                        &allocation,
+                        before.as_ref().map(|b| b.pool.as_str()),
+                    );
+                }
+                let a = allocation.assignment;
+                self.publish(svc, &a.addresses, Some(&a.pool));
+            }
+            Err(e) => {
+                let note = match &before {
+                    Some(b) => format!(
+                        "{e}; keeping {} from AddressPool {}",
+                        list(&b.addresses),
+                        b.pool
+                    ),
+                    None => e.to_string(),
+                };
+                if self.last_failure.get(&key) != Some(&note) {
+                    self.last_failure.insert(key.clone(), note.clone());
+                    self.event(Regarding::service(svc), true, reason::FAILED, note);
+                }
+                if e.may_clear() {
+                    self.pend(svc);
+                } else {
+                    self.unpend(&key);
+                }
+                if let Some(b) = before {
+                    self.publish(svc, &b.addresses, Some(&b.pool));
+                }
+            }
+        }
+    }
+
+    fn report_assignment(
+        &mut self,
+        svc: &Service,
+        allocation: &Allocation,
+        old_pool: Option<&str>,
+    ) {
+        let a = &allocation.assignment;
+        let mut note = String::new();
+        if let Some(ctx) = &self.context {
+            let _ = write!(note, "{ctx}; ");
+        }
+        let _ = write!(
+            note,
+            "Assigned {} from AddressPool {}",
+            list(&a.addresses),
+            a.pool
+        );
+        if !allocation.released.is_empty() {
+            let _ = write!(note, " (released {})", list(&allocation.released));
+            self.retry = true;
+        }
+        self.event(Regarding::service(svc), false, reason::ASSIGNED, note);
+        self.emit(Effect::PoolStatus(a.pool.clone()));
+        if let Some(old) = old_pool.filter(|o| *o != a.pool) {
+            self.emit(Effect::PoolStatus(old.to_string()));
+        }
+    }
+
+    // ----- pools --------------------------------------------------------------------
+
+    /// An AddressPool was created or changed.
+    pub fn pool_applied(&mut self, pool: &AddressPool) -> Vec<Effect> {
+        self.apply_pool(pool);
+        self.finish()
+    }
+
+    fn apply_pool(&mut self, pool: &AddressPool) {
+        let name = pool.name_any();
+        let created = pool.creation_timestamp().map(|t| t.0.as_second());
+        let entry = self.pools.entry(name.clone()).or_default();
+        match PoolConfig::from_spec(&name, created, &pool.spec) {
+            Err(e) => {
+                let note = format!("{e}; the last valid version stays in use");
+                if entry.error.as_ref() != Some(&note) {
+                    entry.error = Some(note.clone());
+                    self.event(Regarding::pool(&name), true, reason::POOL_INVALID, note);
+                }
+            }
+            Ok(cfg) => {
+                entry.error = None;
+                let update = self.ipam.upsert_pool(cfg);
+                self.report_conflicts(&update.conflicts);
+                let newly: Vec<(IpAddr, Vec<ServiceKey>)> = {
+                    let entry = self.pools.get(&name).expect("inserted");
+                    update
+                        .uncovered
+                        .iter()
+                        .filter(|(a, _)| !entry.uncovered.contains(a))
+                        .cloned()
+                        .collect()
+                };
+                for (addr, holders) in &newly {
+                    for h in holders {
+                        self.event(
+                            Regarding::service_key(h),
+                            true,
+                            reason::OUTSIDE_POOL,
+                            format!("AddressPool {name} no longer contains {addr}; the Service keeps it (edit the pool to cover it again, or delete the Service to release it)"),
+                        );
+                    }
+                }
+                self.pools.get_mut(&name).expect("inserted").uncovered =
+                    update.uncovered.iter().map(|(a, _)| *a).collect();
+                self.retry = true;
+            }
+        }
+        self.emit(Effect::PoolStatus(name));
+    }
+
+    fn report_conflicts(&mut self, conflicts: &[(String, Option<String>)]) {
+        for (pool, with) in conflicts {
+            match with {
+                Some(older) => self.event(
+                    Regarding::pool(pool),
+                    true,
+                    reason::POOL_CONFLICT,
+                    format!("overlaps the older AddressPool {older}; not used until the overlap is removed"),
+                ),
+                None => self.event(
+                    Regarding::pool(pool),
+                    false,
+                    reason::POOL_CONFLICT_RESOLVED,
+                    "no longer overlaps an older pool; in use again".into(),
+                ),
+            }
+            self.emit(Effect::PoolStatus(pool.clone()));
+        }
+    }
+
+    /// An AddressPool was deleted: its Services are re-allocated from the remaining pools
+    /// (keeping their address where another pool covers it).
+    pub fn pool_deleted(&mut self, name: &str) -> Vec<Effect> {
+        self.pools.remove(name);
+        let (affected, conflicts) = self.ipam.remove_pool(name);
+        self.report_conflicts(&conflicts);
+        self.context = Some(format!("AddressPool {name} was deleted"));
+        for key in affected {
+            if let Some(svc) = self.services.get(&key).cloned() {
+                self.handle(&svc);
+            }
+        }
+        self.context = None;
+        self.retry = true;
+        self.finish()
+    }
+
+    /// A Namespace was created or its labels changed.
+    pub fn namespace_applied(&mut self, ns: &Namespace) -> Vec<Effect> {
+        let labels = ns.labels().clone();
+        if self.namespaces.get(&ns.name_any()) != Some(&labels) {
+            self.namespaces.insert(ns.name_any(), labels);
+            self.retry = self
+                .pending
+                .iter()
+                .any(|(_, _, k)| k.namespace == ns.name_any());
+        }
+        self.finish()
+    }
+
+    // ----- pool status ----------------------------------------------------------------
+
+    /// The status a pool should have; `current` keeps condition transition times.
+    pub fn pool_status(
+        &self,
+        name: &str,
+        generation: Option<i64>,
+        current: Option<&AddressPoolStatus>,
+    ) -> Option<AddressPoolStatus> {
+        let entry = self.pools.get(name)?;
+        let usage = self.ipam.pool_usage(name);
+        let clamp = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+        let family = |u: Option<crate::ipam::FamilyUsage>| {
+            u.map(|u| FamilyUsage {
+                pool_size: clamp(u.size),
+                allocated: clamp(u.allocated),
+                available: clamp(u.available),
+                first_ip: u.first.to_string(),
+                last_ip: u.last.to_string(),
+            })
+        };
+        let (used, truncated) = self.ipam.pool_used(name, self.settings.used_limit);
+        let cfg = self.ipam.pool(name);
+        let conflict = usage.as_ref().and_then(|u| u.conflict.clone());
+        let uncovered = usage
+            .as_ref()
+            .map(|u| u.uncovered.clone())
+            .unwrap_or_default();
+        let (ready, ready_reason, ready_message) = match (&entry.error, cfg, &conflict) {
+            (Some(e), None, _) => (false, "InvalidSpec", e.clone()),
+            (_, _, Some(older)) => (
+                false,
+                "Conflict",
+                format!("overlaps the older AddressPool {older}"),
+            ),
+            (Some(e), Some(_), None) => (true, "InvalidSpec", e.clone()),
+            (None, Some(c), None) if c.disabled => (
+                false,
+                "Disabled",
+                "disabled: no new allocations; existing ones are kept".into(),
+            ),
+            (None, Some(_), None) => (true, "Ready", "assigning addresses".into()),
+            (None, None, None) => (false, "Unknown", "not loaded".into()),
+        };
+        let mut conditions = vec![condition(
+            "Ready",
+            ready,
+            ready_reason,
+            &ready_message,
+            generation,
+            current,
+        )];
+        conditions.push(match &conflict {
+            Some(older) => condition(
+                "Conflict",
+                true,
+                "Overlap",
+                &format!("overlaps the older AddressPool {older}"),
+                generation,
+                current,
+            ),
+            None => condition(
+                "Conflict",
+                false,
+                "NoOverlap",
+                "no overlap with older pools",
+                generation,
+                current,
+            ),
+        });
+        if !uncovered.is_empty() {
+            conditions.push(condition(
+                "Uncovered",
+                true,
+                "AddressesOutsidePool",
+                &format!(
+                    "assigned addresses outside spec.addresses, kept until released: {}",
+                    list(&uncovered)
+                ),
+                generation,
+                current,
+            ));
+        }
+        Some(AddressPoolStatus {
+            ipv4: family(usage.as_ref().and_then(|u| u.ipv4.clone())),
+            ipv6: family(usage.as_ref().and_then(|u| u.ipv6.clone())),
+            used: if truncated {
+                BTreeMap::new()
+            } else {
+                used.into_iter()
+                    .map(|(a, holders)| {
+                        (
+                            a.to_string(),
+                            holders
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        )
+                    })
+                    .collect()
+            },
+            used_truncated: truncated,
+            conditions,
+            observed_generation: generation,
+        })
+    }
+}
+
+/// A condition, keeping its transition time when its status did not change.
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    current: Option<&AddressPoolStatus>,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let previous = current.and_then(|c| c.conditions.iter().find(|c| c.type_ == type_));
+    let last_transition_time = match previous {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Whether two statuses differ in anything but condition transition times.
+pub fn status_differs(a: &AddressPoolStatus, b: &AddressPoolStatus) -> bool {
+    let strip = |s: &AddressPoolStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn svc(name: &str, extra: Value) -> Arc<Service> {
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"), "resourceVersion": "10",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"}
+        });
+        json_patch::merge(&mut v, &extra);
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn pool(name: &str, addrs: &[&str]) -> Arc<AddressPool> {
+        Arc::new(AddressPool::new(
+            name,
+            crate::crd::AddressPoolSpec {
+                addresses: addrs.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn published(effects: &[Effect]) -> Vec<(String, Vec<String>)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish { key, addresses, .. } => Some((
+                    key.name.clone(),
+                    addresses.iter().map(ToString::to_string).collect(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reasons(effects: &[Effect]) -> Vec<&'static str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Event { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn shown(addr: &str) -> Value {
+        json!({"metadata": {"annotations": {"routelb.io/allocated-from": "p"}}, "status": {"loadBalancer": {"ingress": [{"ip": addr}]}}})
+    }
+
+    #[test]
+    fn restore_keeps_recorded_addresses_and_only_publishes_new_ones() {
+        let mut core = Core::new(Settings::default());
+        let services = [svc("old", shown("192.0.2.2")), svc("new", json!({}))];
+        let effects = core.restore(&services, &[pool("p", &["192.0.2.0/30"])], &[]);
+        assert_eq!(
+            published(&effects),
+            [("new".to_string(), vec!["192.0.2.0".to_string()])]
+        );
+        assert_eq!(reasons(&effects), ["AddressAssigned"]);
+        assert!(effects.contains(&Effect::PoolStatus("p".into())));
+        // The echo of our own write changes nothing.
+        let echo = core.service_applied(svc("new", shown("192.0.2.0")));
+        assert!(echo.is_empty(), "{echo:?}");
+    }
+
+    #[test]
+    fn a_release_serves_the_waiting_service_and_failures_are_reported_once() {
+        let mut core = Core::new(Settings::default());
+        core.restore(&[svc("a", json!({}))], &[pool("p", &["192.0.2.1"])], &[]);
+        let first = core.service_applied(svc("b", json!({})));
+        assert_eq!(reasons(&first), ["AllocationFailed"]);
+        let again = core.service_applied(svc("b", json!({"metadata": {"labels": {"x": "y"}}})));
+        assert!(
+            reasons(&again).is_empty(),
+            "the same failure is not re-reported"
+        );
+        assert_eq!(core.pending(), [ServiceKey::new("ns", "b")]);
+        let released = core.service_deleted(&svc("a", json!({})));
+        assert_eq!(
+            published(&released),
+            [("b".to_string(), vec!["192.0.2.1".to_string()])]
+        );
+        assert!(core.pending().is_empty());
+    }
+
+    #[test]
+    fn leaving_routelb_releases_and_clears() {
+        let mut core = Core::new(Settings::default());
+        core.restore(
+            &[svc("a", shown("192.0.2.1"))],
+            &[pool("p", &["192.0.2.1"])],
+            &[],
+        );
+        let effects = core.service_applied(svc("a", json!({"spec": {"type": "ClusterIP"}, "metadata": {"annotations": {"routelb.io/allocated-from": "p"}}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}})));
+        assert_eq!(reasons(&effects), ["AddressReleased"]);
+        assert_eq!(published(&effects), [("a".to_string(), vec![])]);
+    }
+}
