@@ -50,7 +50,7 @@ pub enum Command {
     Render,
     /// Remove everything the agent put into this node's kernel: its addresses, its routes
     /// and the kube-lb0 interface.
-    Cleanup,
+    Cleanup(DataplaneArgs),
     /// Print routelb's CustomResourceDefinitions (AddressPool, BGPPeer, RouterConfig) as YAML.
     Crds,
 }
@@ -82,13 +82,47 @@ pub struct AllocatorArgs {
     pub status_interval: f64,
 }
 
+/// Where the agent's dataplane writes (shared by `agent` and `cleanup`).
+#[derive(Clone, Debug, Args)]
+pub struct DataplaneArgs {
+    /// Interface holding the Service addresses.
+    #[arg(long, default_value = "kube-lb0")]
+    pub interface: String,
+    /// Kernel routing table for announced prefixes.
+    #[arg(long, default_value_t = 200)]
+    pub route_table: u32,
+    /// Route protocol number marking routelb's routes.
+    #[arg(long, default_value_t = 249)]
+    pub route_protocol: u8,
+    /// Link type of the interface: dummy, or an empty bridge where the kernel has no dummy
+    /// support (auto tries dummy first).
+    #[arg(long, value_enum, default_value_t = crate::dataplane::LinkKind::Auto)]
+    pub lb_link_kind: crate::dataplane::LinkKind,
+    /// How the node accepts Service traffic: addresses on the interface, or local routes
+    /// (linear in the kernel, for nodes with thousands of addresses).
+    #[arg(long, value_enum, default_value_t = crate::dataplane::VipMode::Address)]
+    pub vip_mode: crate::dataplane::VipMode,
+}
+
+impl DataplaneArgs {
+    pub fn config(&self) -> crate::dataplane::Config {
+        crate::dataplane::Config {
+            interface: self.interface.clone(),
+            table: self.route_table,
+            protocol: self.route_protocol,
+            link_kind: self.lb_link_kind,
+            vip_mode: self.vip_mode,
+        }
+    }
+}
+
 impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Allocator(_) => "allocator",
             Command::Agent => "agent",
             Command::Render => "render",
-            Command::Cleanup => "cleanup",
+            Command::Cleanup(_) => "cleanup",
             Command::Crds => "crds",
         }
     }
@@ -133,7 +167,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Agent | Command::Render | Command::Cleanup => {
+        Command::Cleanup(args) => cleanup(args),
+        Command::Agent | Command::Render => {
             eprintln!(
                 "routelb {}: not implemented yet; this build only provides `routelb crds`",
                 command.name()
@@ -141,6 +176,29 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+fn cleanup(args: &DataplaneArgs) -> anyhow::Result<ExitCode> {
+    let report = crate::dataplane::Dataplane::cleanup(&args.config())?;
+    for e in &report.errors {
+        eprintln!("routelb cleanup: {e}");
+    }
+    if report.removed == 0 && report.errors.is_empty() {
+        println!(
+            "nothing to clean up: no {} and no routes in table {} with protocol {}",
+            args.interface, args.route_table, args.route_protocol
+        );
+    } else {
+        println!(
+            "removed {} entries (addresses, routes, {})",
+            report.removed, args.interface
+        );
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// A kube client from `--kubeconfig`, else the usual inference.

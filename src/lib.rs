@@ -7,9 +7,11 @@
 pub mod allocator;
 pub mod cli;
 pub mod crd;
+pub mod dataplane;
 pub mod events;
 pub mod health;
 pub mod ipam;
 pub mod leader;
+pub mod netlink;
 pub mod selector;
 pub mod service;

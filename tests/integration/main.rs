@@ -3,5 +3,7 @@
 
 mod allocator;
 mod cli;
+mod dataplane;
 mod leader;
+mod netns;
 mod support;

@@ -1,0 +1,714 @@
+//! The kernel's routing netlink, in kernel words: `link_*`, `addr_*`, `route_*`.
+//!
+//! Synchronous and batched: a change of many entries is written as many netlink messages
+//! per `send` (one round trip per batch, not per entry), and each message gets its own
+//! acknowledgement, so one failing entry does not block the others. Idempotent by named
+//! errno: adding what exists (EEXIST) and deleting what is gone (ESRCH, ENOENT,
+//! EADDRNOTAVAIL, ENODEV) succeed. Dumps are filtered in the kernel (strict checking) to
+//! the interface or table asked for, so a node with a full BGP table is not dumped whole.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// The kernel's `local` routing table.
+pub const TABLE_LOCAL: u32 = 255;
+/// Messages per batch: keeps the acknowledgements within the socket's receive buffer.
+const BATCH: usize = 512;
+
+/// A prefix: an address and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn new(addr: IpAddr, len: u8) -> Prefix {
+        Prefix { addr, len }
+    }
+
+    /// A host prefix (/32 or /128).
+    pub fn host(addr: IpAddr) -> Prefix {
+        Prefix {
+            addr,
+            len: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
+    /// The covering network of `addr` at length `len` (host bits cleared).
+    pub fn network(addr: IpAddr, len: u8) -> Prefix {
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let len = len.min(32);
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let len = len.min(128);
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        Prefix { addr, len }
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// A route as routelb writes and reads it: a destination through one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub dst: Prefix,
+    pub table: u32,
+    pub protocol: u8,
+    /// `local` (accept for this host) rather than unicast.
+    pub local: bool,
+    pub oif: Option<u32>,
+}
+
+/// A link's identity and state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub up: bool,
+}
+
+/// One change to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    AddrAdd {
+        index: u32,
+        ifname: String,
+        prefix: Prefix,
+    },
+    AddrDel {
+        index: u32,
+        ifname: String,
+        prefix: Prefix,
+    },
+    RouteAdd(Route),
+    RouteDel(Route),
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let route = |f: &mut fmt::Formatter<'_>, verb: &str, r: &Route| {
+            let kind = if r.local { "local " } else { "" };
+            write!(
+                f,
+                "{verb} {kind}route {} table {} proto {}",
+                r.dst, r.table, r.protocol
+            )
+        };
+        match self {
+            Op::AddrAdd { ifname, prefix, .. } => write!(f, "add {prefix} to {ifname}"),
+            Op::AddrDel { ifname, prefix, .. } => write!(f, "remove {prefix} from {ifname}"),
+            Op::RouteAdd(r) => route(f, "add", r),
+            Op::RouteDel(r) => route(f, "remove", r),
+        }
+    }
+}
+
+/// A failed operation, naming what was attempted.
+#[derive(Debug)]
+pub struct OpError {
+    pub op: String,
+    pub errno: i32,
+    pub error: io::Error,
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.op, self.error)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// A request socket.
+#[derive(Debug)]
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+fn family(addr: IpAddr) -> AddressFamily {
+    if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn nlerr(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(-code)
+}
+
+/// Whether an errno means "already as wanted" for an operation. A route add that meets
+/// EEXIST is not benign: another route (not ours: ours were dumped) holds the slot.
+fn benign(op: &Op, errno: i32) -> bool {
+    match op {
+        Op::AddrAdd { .. } => errno == libc::EEXIST,
+        Op::RouteAdd(_) => false,
+        Op::AddrDel { .. } | Op::RouteDel(_) => {
+            matches!(
+                errno,
+                libc::ESRCH | libc::ENOENT | libc::EADDRNOTAVAIL | libc::ENODEV
+            )
+        }
+    }
+}
+
+fn addr_message(index: u32, prefix: Prefix) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = family(prefix.addr);
+    m.header.prefix_len = prefix.len;
+    m.header.index = index;
+    m.header.scope = AddressScope::Universe;
+    if prefix.addr.is_ipv6() {
+        // A VIP must answer at once: no duplicate-address detection, never "tentative".
+        m.header.flags = AddressHeaderFlags::Nodad;
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    m.attributes.push(AddressAttribute::Local(prefix.addr));
+    m.attributes.push(AddressAttribute::Address(prefix.addr));
+    m
+}
+
+fn route_message(r: &Route) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(r.dst.addr);
+    m.header.destination_prefix_length = r.dst.len;
+    m.header.table = if r.table < 256 { r.table as u8 } else { 0 };
+    m.header.protocol = RouteProtocol::from(r.protocol);
+    m.header.scope = if r.local {
+        RouteScope::Host
+    } else {
+        RouteScope::Link
+    };
+    m.header.kind = if r.local {
+        RouteType::Local
+    } else {
+        RouteType::Unicast
+    };
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(r.dst.addr)));
+    m.attributes.push(RouteAttribute::Table(r.table));
+    if let Some(oif) = r.oif {
+        m.attributes.push(RouteAttribute::Oif(oif));
+    }
+    m
+}
+
+fn parse_route(m: &RouteMessage) -> Option<Route> {
+    let mut dst = None;
+    let mut table = u32::from(m.header.table);
+    let mut oif = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v)) => dst = Some(IpAddr::V4(*v)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v)) => dst = Some(IpAddr::V6(*v)),
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let dst = match (dst, m.header.address_family) {
+        (Some(d), _) => d,
+        (None, AddressFamily::Inet) => IpAddr::V4(0.into()),
+        (None, AddressFamily::Inet6) => IpAddr::V6(0.into()),
+        _ => return None,
+    };
+    Some(Route {
+        dst: Prefix::new(dst, m.header.destination_prefix_length),
+        table,
+        protocol: u8::from(m.header.protocol),
+        local: m.header.kind == RouteType::Local,
+        oif,
+    })
+}
+
+fn parse_addr(m: &AddressMessage) -> Option<(u32, Prefix)> {
+    let addr = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(a) => Some(*a),
+        _ => None,
+    });
+    let addr = addr.or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(a) => Some(*a),
+            _ => None,
+        })
+    })?;
+    Some((m.header.index, Prefix::new(addr, m.header.prefix_len)))
+}
+
+fn parse_link(m: &LinkMessage) -> Link {
+    let mut name = String::new();
+    let mut kind = None;
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Link {
+        index: m.header.index,
+        name,
+        kind,
+        up: m.header.flags.contains(LinkFlags::Up),
+    }
+}
+
+impl Netlink {
+    /// Opens a request socket in the caller's network namespace.
+    pub fn new() -> io::Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        sock.set_ext_ack(true)?;
+        // Acknowledgements without the request echoed back: smaller batches of ACKs.
+        sock.set_cap_ack(true)?;
+        sock.set_netlink_get_strict_chk(true)?;
+        let _ = sock.set_rx_buf_sz(4 << 20);
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            buf: vec![0; 1 << 20],
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn frame(&mut self, payload: RouteNetlinkMessage, flags: u16) -> (u32, Vec<u8>) {
+        let seq = self.next_seq();
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+        msg.finalize();
+        let mut bytes = vec![0; msg.buffer_len()];
+        msg.serialize(&mut bytes);
+        (seq, bytes)
+    }
+
+    /// Reads one datagram and parses the messages in it.
+    fn recv(&mut self) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < n {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
+                .map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("netlink decode: {e}"))
+                })?;
+            let len = msg.header.length as usize;
+            if len == 0 {
+                break;
+            }
+            off += (len + 3) & !3;
+            out.push(msg);
+        }
+        Ok(out)
+    }
+
+    /// Sends requests in batches; returns each one's result, in order.
+    pub fn batch(&mut self, requests: Vec<(RouteNetlinkMessage, u16)>) -> Vec<io::Result<()>> {
+        let total = requests.len();
+        let mut results: Vec<Option<io::Result<()>>> = (0..total).map(|_| None).collect();
+        let mut requests = requests.into_iter().enumerate().peekable();
+        while requests.peek().is_some() {
+            let mut datagram = Vec::new();
+            let mut pending: BTreeMap<u32, usize> = BTreeMap::new();
+            for (i, (payload, flags)) in requests.by_ref().take(BATCH) {
+                let (seq, bytes) = self.frame(payload, flags | NLM_F_REQUEST | NLM_F_ACK);
+                datagram.extend_from_slice(&bytes);
+                pending.insert(seq, i);
+            }
+            if let Err(e) = self.sock.send(&datagram, 0) {
+                for i in pending.into_values() {
+                    results[i] = Some(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+                continue;
+            }
+            while !pending.is_empty() {
+                let msgs = match self.recv() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        for i in std::mem::take(&mut pending).into_values() {
+                            results[i] = Some(Err(io::Error::new(e.kind(), e.to_string())));
+                        }
+                        break;
+                    }
+                };
+                for msg in msgs {
+                    if let NetlinkPayload::Error(err) = &msg.payload
+                        && let Some(i) = pending.remove(&msg.header.sequence_number)
+                    {
+                        results[i] = Some(match err.code {
+                            None => Ok(()),
+                            Some(code) => Err(nlerr(code.get())),
+                        });
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(io::Error::other("no acknowledgement"))))
+            .collect()
+    }
+
+    /// Runs a dump request; returns the messages.
+    fn dump(&mut self, payload: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let (seq, bytes) = self.frame(payload, NLM_F_REQUEST | NLM_F_DUMP);
+        self.sock.send(&bytes, 0)?;
+        let mut out = Vec::new();
+        loop {
+            for msg in self.recv()? {
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => match e.code {
+                        Some(code) => return Err(nlerr(code.get())),
+                        None => return Ok(out),
+                    },
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A single request that must be acknowledged.
+    fn request(&mut self, payload: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.batch(vec![(payload, flags)])
+            .pop()
+            .expect("one result")
+    }
+
+    // ----- links --------------------------------------------------------------------
+
+    /// Looks a link up by name.
+    pub fn link_get(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let (seq, bytes) = self.frame(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST);
+        self.sock.send(&bytes, 0)?;
+        loop {
+            for msg in self.recv()? {
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                return match msg.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                        Ok(Some(parse_link(&l)))
+                    }
+                    NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
+                        Some(libc::ENODEV) | None => Ok(None),
+                        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                    },
+                    _ => Ok(None),
+                };
+            }
+        }
+    }
+
+    /// Creates a link of `kind` (`dummy`, `bridge`).
+    pub fn link_add(&mut self, name: &str, kind: &str) -> io::Result<()> {
+        let info = match kind {
+            "dummy" => InfoKind::Dummy,
+            "bridge" => InfoKind::Bridge,
+            other => InfoKind::Other(other.to_string()),
+        };
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(info)]));
+        self.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Sets a link up.
+    pub fn link_set_up(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Deletes a link.
+    pub fn link_del(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        match self.request(RouteNetlinkMessage::DelLink(m), 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+            other => other,
+        }
+    }
+
+    // ----- addresses and routes -------------------------------------------------------
+
+    /// Addresses on one interface.
+    pub fn addr_dump(&mut self, index: u32) -> io::Result<Vec<Prefix>> {
+        let mut m = AddressMessage::default();
+        m.header.index = index;
+        let msgs = self.dump(RouteNetlinkMessage::GetAddress(m))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => parse_addr(a),
+                _ => None,
+            })
+            .filter(|(i, _)| *i == index)
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// Routes of one table and protocol (both families).
+    pub fn route_dump(&mut self, table: u32, protocol: u8) -> io::Result<Vec<Route>> {
+        let mut all = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = fam;
+            m.header.table = if table < 256 { table as u8 } else { 0 };
+            m.header.protocol = RouteProtocol::from(protocol);
+            m.attributes.push(RouteAttribute::Table(table));
+            for msg in self.dump(RouteNetlinkMessage::GetRoute(m))? {
+                if let RouteNetlinkMessage::NewRoute(r) = msg
+                    && let Some(route) = parse_route(&r)
+                    && route.table == table
+                    && route.protocol == protocol
+                {
+                    all.push(route);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// Applies changes in batches; one result per change, naming it on failure.
+    pub fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), OpError>> {
+        let requests = ops
+            .iter()
+            .map(|op| match op {
+                Op::AddrAdd { index, prefix, .. } => (
+                    RouteNetlinkMessage::NewAddress(addr_message(*index, *prefix)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                ),
+                Op::AddrDel { index, prefix, .. } => (
+                    RouteNetlinkMessage::DelAddress(addr_message(*index, *prefix)),
+                    0,
+                ),
+                Op::RouteAdd(r) => (
+                    RouteNetlinkMessage::NewRoute(route_message(r)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                ),
+                Op::RouteDel(r) => (RouteNetlinkMessage::DelRoute(route_message(r)), 0),
+            })
+            .collect();
+        self.batch(requests)
+            .into_iter()
+            .zip(ops)
+            .map(|(r, op)| match r {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(0);
+                    if benign(op, errno) {
+                        Ok(())
+                    } else {
+                        Err(OpError {
+                            op: op.to_string(),
+                            errno,
+                            error: e,
+                        })
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+// ----- notifications ----------------------------------------------------------------------
+
+/// A change the kernel announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    NewAddr { index: u32, prefix: Prefix },
+    DelAddr { index: u32, prefix: Prefix },
+    NewRoute(Route),
+    DelRoute(Route),
+    NewLink(Link),
+    DelLink(Link),
+}
+
+/// A socket subscribed to link, address and route notifications, in the namespace it was
+/// opened in.
+#[derive(Debug)]
+pub struct Monitor {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
+
+impl Monitor {
+    pub fn new() -> io::Result<Monitor> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        for g in [
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV6_ROUTE,
+        ] {
+            sock.add_membership(g)?;
+        }
+        let _ = sock.set_rx_buf_sz(16 << 20);
+        Ok(Monitor {
+            sock,
+            buf: vec![0; 1 << 20],
+        })
+    }
+
+    /// Waits up to `timeout` for notifications; returns those of one datagram (empty on
+    /// timeout). `ENOBUFS` (notifications lost) is returned as an error: resync then.
+    pub fn next(&mut self, timeout: Duration) -> io::Result<Vec<Notification>> {
+        let fd = std::os::fd::AsFd::as_fd(&self.sock);
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        let ms = nix::poll::PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        if nix::poll::poll(&mut fds, ms).map_err(io::Error::from)? == 0 {
+            return Ok(Vec::new());
+        }
+        let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < n {
+            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
+            else {
+                break;
+            };
+            let len = msg.header.length as usize;
+            if len == 0 {
+                break;
+            }
+            off += (len + 3) & !3;
+            if let NetlinkPayload::InnerMessage(m) = msg.payload {
+                let note = match &m {
+                    RouteNetlinkMessage::NewAddress(a) => {
+                        parse_addr(a).map(|(index, prefix)| Notification::NewAddr { index, prefix })
+                    }
+                    RouteNetlinkMessage::DelAddress(a) => {
+                        parse_addr(a).map(|(index, prefix)| Notification::DelAddr { index, prefix })
+                    }
+                    RouteNetlinkMessage::NewRoute(r) => parse_route(r).map(Notification::NewRoute),
+                    RouteNetlinkMessage::DelRoute(r) => parse_route(r).map(Notification::DelRoute),
+                    RouteNetlinkMessage::NewLink(l) => Some(Notification::NewLink(parse_link(l))),
+                    RouteNetlinkMessage::DelLink(l) => Some(Notification::DelLink(parse_link(l))),
+                    _ => None,
+                };
+                out.extend(note);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_clear_host_bits_and_print_like_ip() {
+        let p = Prefix::network("203.0.113.77".parse().unwrap(), 24);
+        assert_eq!(p.to_string(), "203.0.113.0/24");
+        let p6 = Prefix::network("2001:db8::1:2".parse().unwrap(), 64);
+        assert_eq!(p6.to_string(), "2001:db8::/64");
+        assert_eq!(Prefix::host("2001:db8::1".parse().unwrap()).len, 128);
+        assert_eq!(
+            Prefix::network("192.0.2.1".parse().unwrap(), 0).to_string(),
+            "0.0.0.0/0"
+        );
+    }
+
+    #[test]
+    fn operations_name_what_they_attempt() {
+        let op = Op::AddrAdd {
+            index: 3,
+            ifname: "kube-lb0".into(),
+            prefix: Prefix::host("203.0.113.10".parse().unwrap()),
+        };
+        assert_eq!(op.to_string(), "add 203.0.113.10/32 to kube-lb0");
+        let r = Route {
+            dst: Prefix::new("203.0.113.0".parse().unwrap(), 24),
+            table: 200,
+            protocol: 249,
+            local: false,
+            oif: Some(3),
+        };
+        assert_eq!(
+            Op::RouteDel(r).to_string(),
+            "remove route 203.0.113.0/24 table 200 proto 249"
+        );
+        assert!(!benign(&Op::RouteAdd(r), libc::EEXIST));
+        assert!(benign(&Op::RouteDel(r), libc::ESRCH));
+    }
+
+    #[test]
+    fn route_messages_round_trip() {
+        let r = Route {
+            dst: Prefix::new("2001:db8::".parse().unwrap(), 64),
+            table: 1000,
+            protocol: 249,
+            local: true,
+            oif: Some(7),
+        };
+        assert_eq!(parse_route(&route_message(&r)), Some(r));
+    }
+}
