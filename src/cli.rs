@@ -44,7 +44,7 @@ pub enum Command {
     Allocator(AllocatorArgs),
     /// Make this node announce the Services it should: addresses on kube-lb0, routes in
     /// the routelb table, routing-daemon configuration (runs as a DaemonSet).
-    Agent,
+    Agent(AgentArgs),
     /// Render a routing-daemon template (BIRD or FRR) from a context file, offline, to
     /// check an edited template.
     Render,
@@ -80,6 +80,33 @@ pub struct AllocatorArgs {
     /// Seconds between AddressPool status refreshes (at most one write per pool each).
     #[arg(long, default_value_t = 1.0)]
     pub status_interval: f64,
+}
+
+/// Options of `routelb agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's name (the DaemonSet sets NODE_NAME from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Ignore Services without spec.loadBalancerClass (must match the allocator's flag).
+    #[arg(long)]
+    pub ignore_class_less: bool,
+    #[command(flatten)]
+    pub dataplane: DataplaneArgs,
+    /// Seconds between full re-reads of the kernel's owned entries (a safety net beside
+    /// netlink notifications).
+    #[arg(long, default_value_t = 60)]
+    pub resync_interval: u64,
+    /// Events per second at most.
+    #[arg(long, default_value_t = 10.0)]
+    pub events_per_second: f64,
+    /// Address of /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    pub health_addr: SocketAddr,
+    /// Program the kernel of this network namespace instead of the agent's own (labs and
+    /// tests that run several "nodes" on one machine).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
 }
 
 /// Where the agent's dataplane writes (shared by `agent` and `cleanup`).
@@ -120,7 +147,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Allocator(_) => "allocator",
-            Command::Agent => "agent",
+            Command::Agent(_) => "agent",
             Command::Render => "render",
             Command::Cleanup(_) => "cleanup",
             Command::Crds => "crds",
@@ -168,7 +195,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup(args) => cleanup(args),
-        Command::Agent | Command::Render => {
+        Command::Agent(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+            runtime.block_on(agent(cli.kubeconfig.as_deref(), args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render => {
             eprintln!(
                 "routelb {}: not implemented yet; this build only provides `routelb crds`",
                 command.name()
@@ -232,6 +264,32 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+async fn agent(kubeconfig: Option<&std::path::Path>, args: &AgentArgs) -> anyhow::Result<()> {
+    let client = client(kubeconfig).await?;
+    let opts = crate::agent::Options {
+        node_name: args.node_name.clone(),
+        handle_class_less: !args.ignore_class_less,
+        dataplane: args.dataplane.config(),
+        resync: Duration::from_secs(args.resync_interval.max(1)),
+        netns: args.netns.clone(),
+        events_per_second: args.events_per_second.max(0.1),
+    };
+    let health = crate::health::Health::new();
+    let bound = crate::health::serve(args.health_addr, health.clone()).await?;
+    tracing::info!(node = %args.node_name, health = %bound, "routelb agent starting");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut run = tokio::spawn(crate::agent::run(client, opts, health, stopped));
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        // The agent ends by itself only on a fatal error (e.g. the dataplane cannot start).
+        result = &mut run => return result.context("agent task")?,
+    }
+    tracing::info!("shutting down; the kernel keeps its addresses and routes");
+    stop.send_replace(true);
+    run.await.context("agent task")??;
+    Ok(())
 }
 
 async fn allocator(

@@ -476,6 +476,9 @@ pub struct Status {
     pub last_error: Option<String>,
     /// When the kernel last matched the desired state.
     pub in_sync_at: Option<Instant>,
+    /// Addresses the node already accepted traffic for when the dataplane started
+    /// (adopted from a previous run).
+    pub adopted: BTreeSet<IpAddr>,
 }
 
 enum Cmd {
@@ -502,12 +505,22 @@ impl Running {
     /// Starts in the caller's network namespace. Nothing is reconciled until the first
     /// desired state arrives, so an agent that has not synced yet withdraws nothing.
     pub fn start(cfg: Config, resync: Duration) -> anyhow::Result<Running> {
-        let dp = Dataplane::open(cfg.clone())?;
+        let mut dp = Dataplane::open(cfg.clone())?;
         let monitor = Monitor::new().context("subscribe to netlink notifications")?;
         let index = Arc::new(AtomicU32::new(dp.link().index));
+        let observed = dp
+            .observe()
+            .context("read the owned addresses and routes")?;
+        let adopted = observed
+            .addresses
+            .iter()
+            .map(|p| p.addr)
+            .chain(observed.local_routes.iter().map(|r| r.dst.addr))
+            .collect();
         let status = Arc::new(Mutex::new(Status {
             interface: dp.link().name.clone(),
             fallback: dp.fallback(),
+            adopted,
             ..Status::default()
         }));
         let (tx, rx) = mpsc::channel();
@@ -533,6 +546,29 @@ impl Running {
             stopped,
             threads: vec![worker, watcher],
         })
+    }
+
+    /// Starts inside the network namespace at `netns` (labs and tests: an agent on the
+    /// host programming a node namespace), or in the caller's when `None`.
+    pub fn start_in(
+        netns: Option<&std::path::Path>,
+        cfg: Config,
+        resync: Duration,
+    ) -> anyhow::Result<Running> {
+        let Some(path) = netns else {
+            return Running::start(cfg, resync);
+        };
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path)
+                .with_context(|| format!("open network namespace {}", path.display()))?;
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("enter network namespace {}", path.display()))?;
+            // Threads started from here live in the namespace too.
+            Running::start(cfg, resync)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the dataplane start thread panicked"))?
     }
 
     /// Sets the desired state (the latest one wins).

@@ -4,6 +4,7 @@
 //! [`crd`] types) never see a kube client or a netlink socket; the subcommands in
 //! [`cli`] wire them to the outside world.
 
+pub mod agent;
 pub mod allocator;
 pub mod cli;
 pub mod crd;
@@ -11,6 +12,7 @@ pub mod dataplane;
 pub mod events;
 pub mod health;
 pub mod ipam;
+pub mod kubewatch;
 pub mod leader;
 pub mod netlink;
 pub mod selector;

@@ -14,12 +14,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
@@ -29,6 +28,7 @@ use crate::crd::AddressPool;
 use crate::events::{Note, Publisher};
 use crate::health::Health;
 use crate::ipam::ServiceKey;
+use crate::kubewatch::watch_into;
 use crate::leader::{LeaderElector, Timing};
 use crate::service;
 
@@ -66,38 +66,6 @@ enum Input {
     Namespace(watcher::Event<Namespace>),
 }
 
-/// Watches `api` into a store and forwards every event, tagged by `wrap`.
-fn watch_into<K, F>(api: Api<K>, tx: mpsc::Sender<Input>, wrap: F) -> Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    F: Fn(watcher::Event<K>) -> Input + Send + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => {
-                    if tx.send(wrap(ev)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
-            }
-        }
-    });
-    reader
-}
-
 /// Runs the allocator until `shutdown` turns true.
 pub async fn run(
     client: Client,
@@ -108,15 +76,22 @@ pub async fn run(
     let (tx, mut inputs) = mpsc::channel::<Input>(4096);
     let services = watch_into(
         Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
         tx.clone(),
         Input::Service,
     );
     let pools = watch_into(
         Api::<AddressPool>::all(client.clone()),
+        watcher::Config::default(),
         tx.clone(),
         Input::Pool,
     );
-    let namespaces = watch_into(Api::<Namespace>::all(client.clone()), tx, Input::Namespace);
+    let namespaces = watch_into(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        tx,
+        Input::Namespace,
+    );
 
     let (leading_tx, mut leading) = watch::channel(false);
     let (stop_election, stop_rx) = watch::channel(false);

@@ -326,3 +326,106 @@ impl Drop for Proc {
 pub fn service_names(svcs: &[Service]) -> Vec<String> {
     svcs.iter().map(|s| s.name_any()).collect()
 }
+
+impl Cluster {
+    /// Creates a Node, or replaces its labels with exactly these.
+    pub async fn node(&self, name: &str, labels: &[(&str, &str)]) {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        match api.get_opt(name).await.unwrap() {
+            Some(mut node) => {
+                node.metadata.labels = Some(to_map(labels));
+                api.replace(name, &PostParams::default(), &node)
+                    .await
+                    .unwrap();
+            }
+            None => {
+                let node = serde_json::from_value(
+                    json!({"metadata": {"name": name, "labels": to_map(labels)}}),
+                )
+                .unwrap();
+                api.create(&PostParams::default(), &node).await.unwrap();
+            }
+        }
+    }
+
+    pub async fn delete_node(&self, name: &str) {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+
+    /// Does what the allocator does: status addresses and the allocated-from annotation.
+    pub async fn assign(&self, ns: &str, name: &str, ips: &[&str], pool: &str) {
+        let svcs = self.services(ns);
+        let ingress: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"ip": ip, "ipMode": "VIP"}))
+            .collect();
+        svcs.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": ingress}}})),
+        )
+        .await
+        .unwrap();
+        svcs.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"routelb.io/allocated-from": pool}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Creates or replaces an EndpointSlice of a Service with one endpoint per (node, ready).
+    pub async fn endpoints(&self, ns: &str, svc: &str, slice: &str, endpoints: &[(&str, bool)]) {
+        let eps: Vec<Value> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, (node, ready))| json!({"addresses": [format!("10.244.0.{}", i + 1)], "nodeName": node, "conditions": {"ready": ready, "serving": ready, "terminating": false}}))
+            .collect();
+        let obj: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": slice, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "endpoints": eps,
+            "ports": [{"port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap();
+        let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Api::namespaced(self.client.clone(), ns);
+        api.patch(
+            slice,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// A free TCP port on loopback (for health endpoints of spawned processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a spawned component's /readyz answers 200.
+pub async fn is_ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out.starts_with("HTTP/1.1 200")
+}

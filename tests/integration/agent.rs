@@ -1,0 +1,359 @@
+//! The agent: real binary, fake API server, one network namespace per node.
+
+use std::time::{Duration, Instant};
+
+use kube::api::{DeleteParams, Patch, PatchParams};
+use routelb::netlink::{Monitor, Notification};
+use serde_json::json;
+
+use crate::netns::NetNs;
+use crate::support::*;
+
+const NS: &str = "default";
+
+/// A node: its namespace and its agent process.
+struct NodeUnderTest {
+    name: String,
+    ns: NetNs,
+    agent: Option<Proc>,
+    health: u16,
+}
+
+impl NodeUnderTest {
+    async fn start(c: &Cluster, name: &str) -> NodeUnderTest {
+        c.node(name, &[]).await;
+        let mut n = NodeUnderTest {
+            name: name.into(),
+            ns: NetNs::new("agent"),
+            agent: None,
+            health: 0,
+        };
+        n.start_agent(c).await;
+        n
+    }
+
+    async fn start_agent(&mut self, c: &Cluster) {
+        self.health = free_port();
+        let kc = c.kubeconfig();
+        let netns = format!("/run/netns/{}", self.ns.name);
+        self.agent = Some(Proc::routelb(&[
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "agent",
+            "--node-name",
+            &self.name,
+            "--netns",
+            &netns,
+            "--health-addr",
+            &format!("127.0.0.1:{}", self.health),
+        ]));
+        let port = self.health;
+        eventually(&format!("agent on {} ready", self.name), || async move {
+            is_ready(port).await.then_some(())
+        })
+        .await;
+    }
+
+    fn stop_agent(&mut self) {
+        if let Some(mut p) = self.agent.take() {
+            // SIGTERM: a rolling restart.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &p.pid().to_string()])
+                .status();
+            let _ = p.0.wait();
+        }
+    }
+
+    /// Table 200, both families ("" while the table does not exist yet).
+    fn routes(&self) -> String {
+        let show = |fam: &str| {
+            let out = self.ns.exec(&["ip", fam, "route", "show", "table", "200"]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        show("-4") + &show("-6")
+    }
+
+    fn announces(&self, ip: &str) -> bool {
+        self.routes().lines().any(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|d| d.split('/').next() == Some(ip))
+        }) && self
+            .ns
+            .ip(&["addr", "show", "dev", "kube-lb0"])
+            .contains(&format!("{ip}/"))
+    }
+
+    async fn wait(&self, ip: &str, wanted: bool) {
+        eventually(
+            &format!(
+                "{} {} {ip}",
+                self.name,
+                if wanted { "announcing" } else { "withdrawing" }
+            ),
+            || async { (self.announces(ip) == wanted).then_some(()) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_policy_announces_everywhere_and_deletion_withdraws_everywhere() {
+    let c = Cluster::new().await;
+    let n1 = NodeUnderTest::start(&c, "node-1").await;
+    let n2 = NodeUnderTest::start(&c, "node-2").await;
+    c.pool("p", json!({"addresses": ["203.0.113.0/24"]})).await;
+    c.service(NS, "web", json!({})).await;
+    c.assign(NS, "web", &["203.0.113.10"], "p").await;
+    n1.wait("203.0.113.10", true).await;
+    n2.wait("203.0.113.10", true).await;
+    assert!(n1.routes().contains("203.0.113.10 dev kube-lb0 proto 249"));
+    c.wait_event(
+        NS,
+        "web",
+        "Announcing",
+        "node node-1 announces 203.0.113.10",
+    )
+    .await;
+    c.wait_event(
+        NS,
+        "web",
+        "Announcing",
+        "node node-2 announces 203.0.113.10",
+    )
+    .await;
+    // The address changes: the old one goes, the new one comes.
+    c.assign(NS, "web", &["203.0.113.20"], "p").await;
+    for n in [&n1, &n2] {
+        n.wait("203.0.113.20", true).await;
+        n.wait("203.0.113.10", false).await;
+    }
+    c.services(NS)
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    n1.wait("203.0.113.20", false).await;
+    n2.wait("203.0.113.20", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_policy_follows_ready_endpoints() {
+    let c = Cluster::new().await;
+    let n1 = NodeUnderTest::start(&c, "node-1").await;
+    let n2 = NodeUnderTest::start(&c, "node-2").await;
+    c.pool("p", json!({"addresses": ["203.0.113.0/24"]})).await;
+    c.service(
+        NS,
+        "api",
+        json!({"spec": {"externalTrafficPolicy": "Local"}}),
+    )
+    .await;
+    c.assign(NS, "api", &["203.0.113.30"], "p").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !n1.announces("203.0.113.30") && !n2.announces("203.0.113.30"),
+        "no endpoints, no announcement"
+    );
+    c.endpoints(NS, "api", "api-x", &[("node-2", true)]).await;
+    n2.wait("203.0.113.30", true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!n1.announces("203.0.113.30"), "only node-2 has an endpoint");
+    c.endpoints(NS, "api", "api-x", &[("node-2", false)]).await;
+    n2.wait("203.0.113.30", false).await;
+    c.wait_event(
+        NS,
+        "api",
+        "Withdrawn",
+        "node node-2 withdrew 203.0.113.30: externalTrafficPolicy is Local",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_addresses_dual_stack_aggregation_and_excluded_nodes() {
+    let c = Cluster::new().await;
+    let n1 = NodeUnderTest::start(&c, "node-1").await;
+    c.pool("p", json!({"addresses": ["203.0.113.0/24", "2001:db8::/64"], "aggregationLength": {"ipv4": 24, "ipv6": 64}})).await;
+    c.service(
+        NS,
+        "dual",
+        json!({"spec": {"ipFamilyPolicy": "RequireDualStack"}}),
+    )
+    .await;
+    c.assign(NS, "dual", &["203.0.113.40", "2001:db8::40"], "p")
+        .await;
+    n1.wait("203.0.113.40", false).await; // the /24 route's destination is not the address itself
+    eventually("aggregated routes", || async {
+        let r = n1.routes();
+        (r.contains("203.0.113.0/24 dev kube-lb0 proto 249")
+            && r.contains("2001:db8::/64 dev kube-lb0 proto 249"))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        n1.ns
+            .ip(&["addr", "show", "dev", "kube-lb0"])
+            .contains("2001:db8::40/128")
+    );
+    // Two Services share .50: the Local one has no endpoint here, the Cluster one wants it.
+    c.service(
+        NS,
+        "shared-local",
+        json!({"spec": {"externalTrafficPolicy": "Local"}}),
+    )
+    .await;
+    c.service(
+        NS,
+        "shared-cluster",
+        json!({"spec": {"ports": [{"port": 443}]}}),
+    )
+    .await;
+    c.assign(NS, "shared-local", &["203.0.113.50"], "p").await;
+    c.assign(NS, "shared-cluster", &["203.0.113.50"], "p").await;
+    eventually("shared address announced", || async {
+        n1.ns
+            .ip(&["addr", "show", "dev", "kube-lb0"])
+            .contains("203.0.113.50/32")
+            .then_some(())
+    })
+    .await;
+    c.services(NS)
+        .delete("shared-cluster", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("shared address withdrawn", || async {
+        (!n1.ns
+            .ip(&["addr", "show", "dev", "kube-lb0"])
+            .contains("203.0.113.50/32"))
+        .then_some(())
+    })
+    .await;
+    // Labelled out of external load balancing: everything is withdrawn.
+    c.node(
+        "node-1",
+        &[(
+            "node.kubernetes.io/exclude-from-external-load-balancers",
+            "",
+        )],
+    )
+    .await;
+    eventually("excluded node withdraws", || async {
+        n1.routes().trim().is_empty().then_some(())
+    })
+    .await;
+    // Node object deleted: nothing announced; recreated: back.
+    c.node("node-1", &[]).await;
+    eventually("announcing again", || async {
+        (!n1.routes().trim().is_empty()).then_some(())
+    })
+    .await;
+    c.delete_node("node-1").await;
+    eventually("deleted node withdraws", || async {
+        n1.routes().trim().is_empty().then_some(())
+    })
+    .await;
+}
+
+/// Records every notification in a namespace until told to stop.
+fn record(
+    ns: &NetNs,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Notification>> {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        nix::sched::setns(
+            std::fs::File::open(&path).unwrap(),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .unwrap();
+        let mut m = Monitor::new().unwrap();
+        let mut seen = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            seen.extend(m.next(Duration::from_millis(50)).unwrap_or_default());
+        }
+        seen
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_withdraws_nothing() {
+    let c = Cluster::new().await;
+    let mut n1 = NodeUnderTest::start(&c, "node-1").await;
+    c.pool("p", json!({"addresses": ["203.0.113.0/24"]})).await;
+    for i in 0..20 {
+        let name = format!("s{i}");
+        c.service(NS, &name, json!({})).await;
+        c.assign(NS, &name, &[&format!("203.0.113.{}", 100 + i)], "p")
+            .await;
+    }
+    eventually("20 routes", || async {
+        (n1.routes().lines().count() == 20).then_some(())
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let recorder = record(&n1.ns, stop.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    n1.stop_agent();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    n1.start_agent(&c).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The recorder works: a new Service after the restart is seen arriving.
+    c.service(NS, "s20", json!({})).await;
+    c.assign(NS, "s20", &["203.0.113.120"], "p").await;
+    n1.wait("203.0.113.120", true).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let notes = recorder.join().unwrap();
+    assert!(
+        notes.iter().any(|n| matches!(n, Notification::NewAddr { prefix, .. } if prefix.addr.to_string() == "203.0.113.120")),
+        "the recorder saw the new address: {notes:?}"
+    );
+    let withdrawals: Vec<&Notification> = notes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n,
+                Notification::DelAddr { .. } | Notification::DelRoute(_) | Notification::DelLink(_)
+            )
+        })
+        .collect();
+    assert!(
+        withdrawals.is_empty(),
+        "withdrawals during a restart: {withdrawals:?}"
+    );
+    assert_eq!(n1.routes().lines().count(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_outage_keeps_the_kernel_then_converges() {
+    let c = Cluster::new().await;
+    let n1 = NodeUnderTest::start(&c, "node-1").await;
+    c.pool("p", json!({"addresses": ["203.0.113.0/24"]})).await;
+    c.service(NS, "web", json!({})).await;
+    c.assign(NS, "web", &["203.0.113.60"], "p").await;
+    n1.wait("203.0.113.60", true).await;
+    let before = n1.routes();
+    c.server.faults().go_offline(Duration::from_secs(30));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(29) {
+        assert_eq!(n1.routes(), before, "kernel changed during the outage");
+        assert!(n1.announces("203.0.113.60"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eventually("API back", || async {
+        c.services(NS).get("web").await.ok()
+    })
+    .await;
+    c.service(NS, "after", json!({})).await;
+    c.assign(NS, "after", &["203.0.113.61"], "p").await;
+    c.services(NS)
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
+        )
+        .await
+        .unwrap();
+    n1.wait("203.0.113.61", true).await;
+    n1.wait("203.0.113.60", false).await;
+}
