@@ -47,7 +47,7 @@ pub enum Command {
     Agent(AgentArgs),
     /// Render a routing-daemon template (BIRD or FRR) from a context file, offline, to
     /// check an edited template.
-    Render,
+    Render(RenderArgs),
     /// Remove everything the agent put into this node's kernel: its addresses, its routes
     /// and the kube-lb0 interface.
     Cleanup(DataplaneArgs),
@@ -80,6 +80,17 @@ pub struct AllocatorArgs {
     /// Seconds between AddressPool status refreshes (at most one write per pool each).
     #[arg(long, default_value_t = 1.0)]
     pub status_interval: f64,
+}
+
+/// Options of `routelb render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The template (e.g. templates/bird.conf.tera).
+    #[arg(long)]
+    pub template: PathBuf,
+    /// The template context, JSON or YAML (see docs/templates.md and templates/testdata/).
+    #[arg(long)]
+    pub context: PathBuf,
 }
 
 /// Options of `routelb agent`.
@@ -148,7 +159,7 @@ impl Command {
         match self {
             Command::Allocator(_) => "allocator",
             Command::Agent(_) => "agent",
-            Command::Render => "render",
+            Command::Render(_) => "render",
             Command::Cleanup(_) => "cleanup",
             Command::Crds => "crds",
         }
@@ -200,12 +211,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(agent(cli.kubeconfig.as_deref(), args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Render => {
-            eprintln!(
-                "routelb {}: not implemented yet; this build only provides `routelb crds`",
-                command.name()
-            );
-            Ok(ExitCode::from(2))
+        Command::Render(args) => {
+            let text = crate::routing::render_files(&args.template, &args.context)?;
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -15,5 +15,6 @@ pub mod ipam;
 pub mod kubewatch;
 pub mod leader;
 pub mod netlink;
+pub mod routing;
 pub mod selector;
 pub mod service;

@@ -8,3 +8,4 @@ mod dataplane;
 mod leader;
 mod netns;
 mod support;
+mod templates;
