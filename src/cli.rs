@@ -118,6 +118,33 @@ pub struct AgentArgs {
     /// tests that run several "nodes" on one machine).
     #[arg(long)]
     pub netns: Option<PathBuf>,
+    /// Leave the routing daemon alone (no templates, no reloads).
+    #[arg(long)]
+    pub no_routing: bool,
+    /// Directory of the routing templates (the templates ConfigMap).
+    #[arg(long, default_value = "/etc/routelb/templates")]
+    pub template_dir: PathBuf,
+    /// Where the BIRD configuration is written.
+    #[arg(long, default_value = "/etc/bird/bird.conf")]
+    pub bird_config: PathBuf,
+    /// BIRD's control socket.
+    #[arg(long, default_value = "/run/bird/bird.ctl")]
+    pub bird_socket: PathBuf,
+    /// Where the FRR configuration is written.
+    #[arg(long, default_value = "/etc/frr/frr.conf")]
+    pub frr_config: PathBuf,
+    /// Directory of FRR's vty sockets.
+    #[arg(long, default_value = "/var/run/frr")]
+    pub frr_vty_dir: PathBuf,
+    /// FRR's vtysh.
+    #[arg(long, default_value = "/usr/bin/vtysh")]
+    pub vtysh: PathBuf,
+    /// FRR's reload tool.
+    #[arg(long, default_value = "/usr/lib/frr/frr-reload.py")]
+    pub frr_reload: PathBuf,
+    /// Namespace of the Secrets with BGP passwords (routelb's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "routelb-system")]
+    pub namespace: String,
 }
 
 /// Where the agent's dataplane writes (shared by `agent` and `cleanup`).
@@ -284,6 +311,17 @@ async fn agent(kubeconfig: Option<&std::path::Path>, args: &AgentArgs) -> anyhow
         resync: Duration::from_secs(args.resync_interval.max(1)),
         netns: args.netns.clone(),
         events_per_second: args.events_per_second.max(0.1),
+        routing: (!args.no_routing).then(|| crate::agent::routing::RoutingOptions {
+            template_dir: args.template_dir.clone(),
+            bird_config: args.bird_config.clone(),
+            bird_socket: args.bird_socket.clone(),
+            frr_config: args.frr_config.clone(),
+            frr_vty_dir: args.frr_vty_dir.clone(),
+            vtysh: args.vtysh.clone(),
+            frr_reload: args.frr_reload.clone(),
+            secrets_namespace: args.namespace.clone(),
+            ..Default::default()
+        }),
     };
     let health = crate::health::Health::new();
     let bound = crate::health::serve(args.health_addr, health.clone()).await?;

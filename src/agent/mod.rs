@@ -8,6 +8,7 @@
 //! bounded rate.
 
 pub mod model;
+pub mod routing;
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -43,6 +44,8 @@ pub struct Options {
     pub netns: Option<PathBuf>,
     /// Events per second at most (with a burst of ten times that).
     pub events_per_second: f64,
+    /// The routing daemon beside the agent; `None` leaves routing alone.
+    pub routing: Option<routing::RoutingOptions>,
 }
 
 impl Options {
@@ -54,6 +57,7 @@ impl Options {
             resync: Duration::from_secs(60),
             netns: None,
             events_per_second: 10.0,
+            routing: None,
         }
     }
 }
@@ -188,6 +192,16 @@ pub async fn run(
         Input::Pool,
     );
     let publisher = Publisher::start(client.clone(), "routelb.io/agent", &opts.node_name);
+    let routing_status = routing::status();
+    if let Some(r) = &opts.routing {
+        routing::spawn(
+            client.clone(),
+            opts.node_name.clone(),
+            r.clone(),
+            routing_status.clone(),
+            publisher.clone(),
+        );
+    }
     let mut bucket = Bucket::new(opts.events_per_second);
     let mut model = Model::new(&opts.node_name, opts.handle_class_less);
     let mut synced = [false; 4];
@@ -274,6 +288,10 @@ pub async fn run(
         }
         if let Some(e) = &status.last_error {
             detail.push_str(&format!("; last dataplane error: {e}"));
+        }
+        if opts.routing.is_some() {
+            detail.push_str("; ");
+            detail.push_str(&routing::describe(&routing_status));
         }
         if bucket.dropped > 0 {
             detail.push_str(&format!(

@@ -1,0 +1,1067 @@
+//! The routelb lab: a fake cluster on one machine with real kernels, real routing daemons
+//! and real connections.
+//!
+//! A router namespace runs BIRD or FRR (the files in `examples/`), three node namespaces
+//! each get routelb's agent and a routing daemon, a client namespace opens connections.
+//! `fake-apiserver` runs in this process; the allocator and the agents are the real
+//! `routelb` binary (agents run in the host namespace with `--netns`, programming their
+//! node's namespace). Everything is removed on drop or by [`down`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fake_apiserver::FakeApiServer;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use nix::sched::{CloneFlags, setns};
+use serde_json::{Value, json};
+
+/// A routing daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Bird,
+    Frr,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Bird => "bird",
+            Kind::Frr => "frr",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Kind> {
+        match s {
+            "bird" => Ok(Kind::Bird),
+            "frr" => Ok(Kind::Frr),
+            _ => bail!("unknown routing daemon {s:?} (bird or frr)"),
+        }
+    }
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The `routelb` binary.
+    pub routelb: PathBuf,
+    /// The repository (for `templates/` and `examples/`).
+    pub repo: PathBuf,
+    pub router: Kind,
+    /// One entry per node: the daemon beside its agent.
+    pub nodes: Vec<Kind>,
+    /// 1, or 2: nodes split over two leaf routers, each node peering with its own.
+    pub leaves: usize,
+}
+
+impl Options {
+    /// The lab of the README: a BIRD router and three BIRD nodes.
+    pub fn new(routelb: PathBuf, repo: PathBuf) -> Options {
+        Options {
+            routelb,
+            repo,
+            router: Kind::Bird,
+            nodes: vec![Kind::Bird; 3],
+            leaves: 1,
+        }
+    }
+}
+
+/// A child process, killed and reaped on drop.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A lab node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub netns: String,
+    pub address: IpAddr,
+    pub kind: Kind,
+    pub leaf: usize,
+    pub dir: PathBuf,
+    pub health_port: u16,
+}
+
+/// A router (leaf).
+#[derive(Debug, Clone)]
+pub struct RouterInfo {
+    pub netns: String,
+    pub address: IpAddr,
+    pub dir: PathBuf,
+}
+
+/// A running lab.
+pub struct Lab {
+    pub id: String,
+    pub opts: Options,
+    pub api: FakeApiServer,
+    pub client: kube::Client,
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub nodes: Vec<NodeInfo>,
+    pub routers: Vec<RouterInfo>,
+    pub client_netns: String,
+    netns: Vec<String>,
+    procs: Vec<Proc>,
+    stop: Arc<AtomicBool>,
+    backends: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Runs `f` on a thread inside a network namespace.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<anyhow::Result<T>> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        setns(
+            File::open(&path).with_context(|| format!("open {path}"))?,
+            CloneFlags::CLONE_NEWNET,
+        )
+        .context("setns")?;
+        Ok(f())
+    })
+}
+
+/// Removes what labs left behind: their namespaces and the processes recorded in
+/// `/tmp/routelb-lab-*/pids` (a lab killed before it could clean up).
+pub fn down() -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(std::env::temp_dir())? {
+        let path = entry?.path();
+        if !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("routelb-lab-"))
+        {
+            continue;
+        }
+        if let Ok(pids) = std::fs::read_to_string(path.join("pids")) {
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&path);
+        removed += 1;
+    }
+    for ns in ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        if ns.starts_with("rlab") {
+            if let Ok(pids) = ip(&["netns", "pids", ns]) {
+                for pid in pids.split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = ip(&["netns", "del", ns]);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+impl Lab {
+    /// Builds and starts everything; returns once every node's agent is ready and every
+    /// BGP session is up.
+    pub async fn up(opts: Options) -> anyhow::Result<Lab> {
+        if opts.nodes.is_empty() || !(1..=2).contains(&opts.leaves) {
+            bail!("a lab needs nodes and one or two leaves");
+        }
+        if !opts.routelb.exists() {
+            bail!(
+                "{} does not exist: build routelb first (cargo build)",
+                opts.routelb.display()
+            );
+        }
+        let id = format!(
+            "rlab{}x{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("routelb-lab-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let api = FakeApiServer::start().await?;
+        let client = api.client()?;
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig())?;
+        let mut lab = Lab {
+            id: id.clone(),
+            opts,
+            api,
+            client,
+            dir,
+            kubeconfig,
+            nodes: Vec::new(),
+            routers: Vec::new(),
+            client_netns: format!("{id}c"),
+            netns: Vec::new(),
+            procs: Vec::new(),
+            stop: Arc::default(),
+            backends: Vec::new(),
+        };
+        lab.build_network()?;
+        lab.install_cluster().await?;
+        lab.start_routers()?;
+        for i in 0..lab.nodes.len() {
+            lab.start_daemon(i)?;
+            lab.start_agent(i)?;
+        }
+        lab.start_allocator()?;
+        lab.start_backends()?;
+        for i in 0..lab.nodes.len() {
+            lab.wait_agent_ready(i).await?;
+        }
+        lab.wait_sessions(lab.nodes.len(), Duration::from_secs(60))
+            .await?;
+        Ok(lab)
+    }
+
+    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", name])?;
+        self.netns.push(name.to_string());
+        in_ns(name, &["ip", "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn build_network(&mut self) -> anyhow::Result<()> {
+        let id = self.id.clone();
+        for leaf in 0..self.opts.leaves {
+            let ns = format!("{id}r{leaf}");
+            self.add_netns(&ns)?;
+            let (addr, len) = match (self.opts.leaves, leaf) {
+                (1, _) => ("192.0.2.1", "24"),
+                (_, 0) => ("192.0.2.1", "25"),
+                _ => ("192.0.2.129", "25"),
+            };
+            in_ns(&ns, &["ip", "link", "add", "br0", "type", "bridge"])?;
+            in_ns(&ns, &["ip", "link", "set", "br0", "up"])?;
+            in_ns(
+                &ns,
+                &["ip", "addr", "add", &format!("{addr}/{len}"), "dev", "br0"],
+            )?;
+            in_ns(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            in_ns(
+                &ns,
+                &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+            )?;
+            let rdir = self.dir.join(format!("router{leaf}"));
+            std::fs::create_dir_all(&rdir)?;
+            self.routers.push(RouterInfo {
+                netns: ns,
+                address: addr.parse()?,
+                dir: rdir,
+            });
+        }
+        // The client hangs off the first router.
+        let c = self.client_netns.clone();
+        self.add_netns(&c)?;
+        let r0 = self.routers[0].netns.clone();
+        ip(&[
+            "link", "add", "eth0", "netns", &c, "type", "veth", "peer", "name", "client0", "netns",
+            &r0,
+        ])?;
+        in_ns(
+            &r0,
+            &["ip", "addr", "add", "198.51.100.1/24", "dev", "client0"],
+        )?;
+        in_ns(&r0, &["ip", "link", "set", "client0", "up"])?;
+        in_ns(&c, &["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"])?;
+        in_ns(&c, &["ip", "link", "set", "eth0", "up"])?;
+        in_ns(
+            &c,
+            &["ip", "route", "add", "default", "via", "198.51.100.1"],
+        )?;
+        for (i, kind) in self.opts.nodes.clone().into_iter().enumerate() {
+            let n = i + 1;
+            let leaf = if self.opts.leaves == 2 && n > self.opts.nodes.len().div_ceil(2) {
+                1
+            } else {
+                0
+            };
+            let router = self.routers[leaf].clone();
+            let address: IpAddr = if leaf == 0 {
+                format!("192.0.2.{}", 10 + n)
+            } else {
+                format!("192.0.2.{}", 130 + n)
+            }
+            .parse()?;
+            let len = if self.opts.leaves == 1 { 24 } else { 25 };
+            let ns = format!("{id}n{n}");
+            self.add_netns(&ns)?;
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("node{n}"),
+                "netns",
+                &router.netns,
+            ])?;
+            in_ns(
+                &router.netns,
+                &["ip", "link", "set", &format!("node{n}"), "master", "br0"],
+            )?;
+            in_ns(
+                &router.netns,
+                &["ip", "link", "set", &format!("node{n}"), "up"],
+            )?;
+            in_ns(
+                &ns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{address}/{len}"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
+            in_ns(
+                &ns,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &router.address.to_string(),
+                ],
+            )?;
+            let dir = self.dir.join(format!("node-{n}"));
+            std::fs::create_dir_all(&dir)?;
+            self.nodes.push(NodeInfo {
+                name: format!("node-{n}"),
+                netns: ns,
+                address,
+                kind,
+                leaf,
+                dir,
+                health_port: free_port(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn install_cluster(&mut self) -> anyhow::Result<()> {
+        let crds_yaml = run(Command::new(&self.opts.routelb).arg("crds"))?;
+        let crds: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&crds_yaml)
+            .context("parse the CRDs printed by routelb crds")?;
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in crds {
+            api.create(&PostParams::default(), &crd).await?;
+        }
+        self.apply(
+            "v1",
+            "Namespace",
+            "namespaces",
+            None,
+            json!({"metadata": {"name": "routelb-system"}}),
+        )
+        .await?;
+        for n in self.nodes.clone() {
+            let node: Node = serde_json::from_value(json!({
+                "metadata": {"name": n.name, "labels": {
+                    "kubernetes.io/hostname": n.name,
+                    "lab.routelb.io/daemon": n.kind.name(),
+                    "lab.routelb.io/leaf": format!("leaf{}", n.leaf + 1),
+                }},
+                "status": {"addresses": [{"type": "InternalIP", "address": n.address.to_string()}], "conditions": [{"type": "Ready", "status": "True"}]}
+            }))?;
+            Api::<Node>::all(self.client.clone())
+                .create(&PostParams::default(), &node)
+                .await?;
+        }
+        for kind in [Kind::Bird, Kind::Frr] {
+            if self.opts.nodes.contains(&kind) {
+                self.apply_routelb(
+                    "RouterConfig",
+                    "routerconfigs",
+                    &format!("lab-{}", kind.name()),
+                    json!({
+                        "asn": 64512,
+                        "daemon": kind.name(),
+                        "nodeSelector": {"matchLabels": {"lab.routelb.io/daemon": kind.name()}},
+                    }),
+                )
+                .await?;
+            }
+        }
+        for (leaf, r) in self.routers.clone().iter().enumerate() {
+            self.apply_routelb("BGPPeer", "bgppeers", &format!("leaf{}", leaf + 1), json!({
+                "address": r.address.to_string(),
+                "asn": 64500,
+                "nodeSelector": {"matchLabels": {"lab.routelb.io/leaf": format!("leaf{}", leaf + 1)}},
+            }))
+            .await?;
+        }
+        self.apply_routelb(
+            "AddressPool",
+            "addresspools",
+            "lab",
+            json!({"addresses": ["203.0.113.10-203.0.113.250"]}),
+        )
+        .await?;
+        // Templates are copied so that a test may edit them.
+        let templates = self.dir.join("templates");
+        std::fs::create_dir_all(&templates)?;
+        for t in ["bird.conf.tera", "frr.conf.tera"] {
+            std::fs::copy(self.opts.repo.join("templates").join(t), templates.join(t))?;
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        api_version: &str,
+        kind: &str,
+        plural: &str,
+        ns: Option<&str>,
+        body: Value,
+    ) -> anyhow::Result<()> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let ar = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        let mut obj = body;
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .context("a name")?
+            .to_string();
+        api.patch(
+            &name,
+            &PatchParams::apply("routelb-lab").force(),
+            &Patch::Apply(&obj),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Creates or updates a routelb object (AddressPool, BGPPeer, RouterConfig).
+    pub async fn apply_routelb(
+        &self,
+        kind: &str,
+        plural: &str,
+        name: &str,
+        spec: Value,
+    ) -> anyhow::Result<()> {
+        self.apply(
+            "routelb.io/v1alpha1",
+            kind,
+            plural,
+            None,
+            json!({"metadata": {"name": name}, "spec": spec}),
+        )
+        .await
+    }
+
+    fn record_pid(&self, pid: u32) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("pids"))
+        {
+            let _ = writeln!(f, "{pid}");
+        }
+    }
+
+    fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
+        let out = File::create(log)?;
+        let child = cmd
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {name}"))?;
+        let pid = child.id();
+        self.record_pid(pid);
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+        });
+        Ok(pid)
+    }
+
+    fn stop_proc(&mut self, name: &str, signal: &str) {
+        if let Some(pos) = self.procs.iter().position(|p| p.name == name) {
+            let mut p = self.procs.remove(pos);
+            let _ = Command::new("kill")
+                .args([signal, &p.child.id().to_string()])
+                .status();
+            let _ = p.child.wait();
+        }
+    }
+
+    /// The PID of a lab process (`bird-node-1`, `agent-node-2`, ...).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
+    }
+
+    /// Whether a lab process is still running.
+    pub fn alive(&mut self, name: &str) -> bool {
+        self.procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .is_some_and(|p| p.child.try_wait().ok().flatten().is_none())
+    }
+
+    fn frr_cmd(ns: &str, daemon: &str, dir: &Path, config: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, &format!("/usr/lib/frr/{daemon}")])
+            .args(["-F", "traditional", "--vty_socket"])
+            .arg(dir)
+            .arg("-z")
+            .arg(dir.join("zserv.api"))
+            .arg("-i")
+            .arg(dir.join(format!("{daemon}.pid")))
+            .arg("-f")
+            .arg(config)
+            .args([
+                "-u",
+                "frr",
+                "-g",
+                "frr",
+                "--log",
+                "stdout",
+                "--log-level",
+                "warnings",
+            ]);
+        if daemon == "bgpd" {
+            c.args(["-p", "179"]);
+        }
+        c
+    }
+
+    fn frr_dir(dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        run(Command::new("chown").arg("-R").arg("frr:frr").arg(dir))?;
+        std::fs::write(dir.join("vtysh.conf"), "service integrated-vtysh-config\n")?;
+        Ok(())
+    }
+
+    fn start_routers(&mut self) -> anyhow::Result<()> {
+        for (i, r) in self.routers.clone().iter().enumerate() {
+            match self.opts.router {
+                Kind::Bird => {
+                    let conf = self.opts.repo.join("examples/bird/router.conf");
+                    let mut cmd = Command::new("ip");
+                    cmd.args(["netns", "exec", &r.netns, "bird", "-f", "-c"])
+                        .arg(&conf)
+                        .arg("-s")
+                        .arg(r.dir.join("bird.ctl"))
+                        .arg("-P")
+                        .arg(r.dir.join("bird.pid"));
+                    self.spawn(&format!("router{i}"), &mut cmd, &r.dir.join("bird.log"))?;
+                }
+                Kind::Frr => {
+                    let fdir = r.dir.join("frr");
+                    Self::frr_dir(&fdir)?;
+                    let conf = fdir.join("frr.conf");
+                    std::fs::copy(self.opts.repo.join("examples/frr/router.conf"), &conf)?;
+                    run(Command::new("chown").arg("frr:frr").arg(&conf))?;
+                    for d in ["zebra", "bgpd"] {
+                        self.spawn(
+                            &format!("router{i}-{d}"),
+                            &mut Self::frr_cmd(&r.netns, d, &fdir, &conf),
+                            &fdir.join(format!("{d}.log")),
+                        )?;
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a node's routing daemon with the bootstrap configuration of `examples/`.
+    pub fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = self.nodes[i].clone();
+        match n.kind {
+            Kind::Bird => {
+                let conf = n.dir.join("bird.conf");
+                if !conf.exists() {
+                    std::fs::copy(self.opts.repo.join("examples/bird/bird.conf"), &conf)?;
+                }
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &n.netns, "bird", "-f", "-c"])
+                    .arg(&conf)
+                    .arg("-s")
+                    .arg(n.dir.join("bird.ctl"))
+                    .arg("-P")
+                    .arg(n.dir.join("bird.pid"));
+                self.spawn(
+                    &format!("bird-{}", n.name),
+                    &mut cmd,
+                    &n.dir.join("bird.log"),
+                )?;
+            }
+            Kind::Frr => {
+                let fdir = n.dir.join("frr");
+                Self::frr_dir(&fdir)?;
+                let conf = fdir.join("frr.conf");
+                if !conf.exists() {
+                    std::fs::copy(self.opts.repo.join("examples/frr/frr.conf"), &conf)?;
+                }
+                run(Command::new("chown").arg("-R").arg("frr:frr").arg(&fdir))?;
+                for d in ["zebra", "bgpd"] {
+                    self.spawn(
+                        &format!("{d}-{}", n.name),
+                        &mut Self::frr_cmd(&n.netns, d, &fdir, &conf),
+                        &fdir.join(format!("{d}.log")),
+                    )?;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops a node's routing daemon (SIGKILL: a crash).
+    pub fn kill_daemon(&mut self, i: usize) {
+        let name = self.nodes[i].name.clone();
+        for p in ["bird", "zebra", "bgpd"] {
+            self.stop_proc(&format!("{p}-{name}"), "-9");
+        }
+    }
+
+    /// Starts a node's agent.
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = self.nodes[i].clone();
+        let fdir = n.dir.join("frr");
+        let mut cmd = Command::new(&self.opts.routelb);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "agent",
+                "--node-name",
+                &n.name,
+                "--netns",
+                &format!("/run/netns/{}", n.netns),
+            ])
+            .args(["--health-addr", &format!("127.0.0.1:{}", n.health_port)])
+            .arg("--template-dir")
+            .arg(self.dir.join("templates"))
+            .arg("--bird-config")
+            .arg(n.dir.join("bird.conf"))
+            .arg("--bird-socket")
+            .arg(n.dir.join("bird.ctl"))
+            .arg("--frr-config")
+            .arg(fdir.join("frr.conf"))
+            .arg("--frr-vty-dir")
+            .arg(&fdir)
+            .env("RUST_LOG", "info");
+        self.spawn(
+            &format!("agent-{}", n.name),
+            &mut cmd,
+            &n.dir.join("agent.log"),
+        )?;
+        Ok(())
+    }
+
+    /// Stops a node's agent (SIGTERM, as a rolling update does).
+    pub fn stop_agent(&mut self, i: usize) {
+        let name = format!("agent-{}", self.nodes[i].name);
+        self.stop_proc(&name, "-TERM");
+    }
+
+    fn start_allocator(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.opts.routelb);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "allocator",
+                "--identity",
+                "lab",
+                "--lease-duration",
+                "3",
+                "--status-interval",
+                "0.5",
+            ])
+            .args(["--health-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("RUST_LOG", "info");
+        let log = self.dir.join("allocator.log");
+        self.spawn("allocator", &mut cmd, &log)?;
+        Ok(())
+    }
+
+    /// A tiny TCP backend on every node: port 8080 answers with the node's name.
+    fn start_backends(&mut self) -> anyhow::Result<()> {
+        for n in self.nodes.clone() {
+            let stop = self.stop.clone();
+            let name = n.name.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let handle = std::thread::spawn(move || {
+                let path = format!("/run/netns/{}", n.netns);
+                let entered = File::open(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|f| setns(f, CloneFlags::CLONE_NEWNET).map_err(anyhow::Error::from));
+                let listener = entered
+                    .and_then(|_| TcpListener::bind("0.0.0.0:8080").map_err(anyhow::Error::from));
+                let listener = match listener {
+                    Ok(l) => {
+                        let _ = tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = listener.set_nonblocking(true);
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.write_all(format!("{name}\n").as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+            rx.recv().context("backend thread")??;
+            self.backends.push(handle);
+        }
+        Ok(())
+    }
+
+    async fn wait_agent_ready(&self, i: usize) -> anyhow::Result<()> {
+        let port = self.nodes[i].health_port;
+        let start = Instant::now();
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "the agent of {} is not ready after 30 s (see {})",
+                    self.nodes[i].name,
+                    self.nodes[i].dir.join("agent.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Established BGP sessions per router: peer name -> since (an opaque stamp that
+    /// changes when the session is re-established).
+    pub fn sessions(&self) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+        self.routers
+            .iter()
+            .map(|r| match self.opts.router {
+                Kind::Bird => {
+                    let out = run(Command::new("birdc")
+                        .arg("-s")
+                        .arg(r.dir.join("bird.ctl"))
+                        .arg("show protocols"))?;
+                    Ok(out
+                        .lines()
+                        .filter(|l| l.contains("BGP") && l.contains("Established"))
+                        .filter_map(|l| {
+                            let f: Vec<&str> = l.split_whitespace().collect();
+                            Some((f.first()?.to_string(), f.get(4)?.to_string()))
+                        })
+                        .collect())
+                }
+                Kind::Frr => {
+                    let out = run(Command::new("vtysh")
+                        .arg("--vty_socket")
+                        .arg(r.dir.join("frr"))
+                        .args(["-c", "show bgp neighbors json"]))?;
+                    let v: Value = serde_json::from_str(&out).unwrap_or_default();
+                    Ok(v.as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(_, p)| p["bgpState"] == "Established")
+                        .map(|(peer, p)| {
+                            (peer.clone(), p["bgpTimerUpEstablishedEpoch"].to_string())
+                        })
+                        .collect())
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until `count` sessions are established over all routers.
+    pub async fn wait_sessions(&self, count: usize, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let up: usize = self
+                .sessions()
+                .map(|s| s.iter().map(BTreeMap::len).sum())
+                .unwrap_or(0);
+            if up >= count {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "{up} of {count} BGP sessions established after {limit:?} (logs in {})",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The router's route to an address (`ip route show ADDR`), as text.
+    pub fn route(&self, router: usize, addr: IpAddr) -> String {
+        in_ns(
+            &self.routers[router].netns,
+            &["ip", "route", "show", &addr.to_string()],
+        )
+        .unwrap_or_default()
+    }
+
+    /// The next hops of the router's route to an address.
+    pub fn nexthops(&self, router: usize, addr: IpAddr) -> BTreeSet<IpAddr> {
+        self.route(router, addr)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .filter_map(|w| w[1].parse().ok())
+            .collect()
+    }
+
+    /// Waits until the router's next hops for `addr` are exactly `want`.
+    pub async fn wait_nexthops(
+        &self,
+        router: usize,
+        addr: IpAddr,
+        want: &BTreeSet<IpAddr>,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if &self.nexthops(router, addr) == want {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "router next hops for {addr}: {:?}, wanted {want:?}; route: {}",
+                    self.nexthops(router, addr),
+                    self.route(router, addr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Node addresses of some nodes (by index).
+    pub fn node_addrs(&self, which: impl IntoIterator<Item = usize>) -> BTreeSet<IpAddr> {
+        which.into_iter().map(|i| self.nodes[i].address).collect()
+    }
+
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Creates a LoadBalancer Service for the backends (port 8080).
+    pub async fn create_service(&self, name: &str, local: bool) -> anyhow::Result<()> {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": if local { "Local" } else { "Cluster" },
+                     "selector": {"app": "backend"}, "ports": [{"port": 8080, "protocol": "TCP"}]}
+        }))?;
+        self.services().create(&PostParams::default(), &svc).await?;
+        Ok(())
+    }
+
+    /// Waits for a Service's external address.
+    pub async fn external_ip(&self, name: &str, limit: Duration) -> anyhow::Result<IpAddr> {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = self.services().get(name).await
+                && let Some(ip) = s
+                    .status
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|l| l.ingress)
+                    .and_then(|i| i.into_iter().find_map(|i| i.ip))
+            {
+                return Ok(ip.parse()?);
+            }
+            if start.elapsed() > limit {
+                bail!("Service {name} has no external address after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    pub async fn delete_service(&self, name: &str) -> anyhow::Result<()> {
+        self.services()
+            .delete(name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes the Service's endpoints: one ready backend on each listed node.
+    pub async fn endpoints(&self, service: &str, nodes: &[usize]) -> anyhow::Result<()> {
+        let eps: Vec<Value> = nodes
+            .iter()
+            .map(|i| json!({"addresses": [self.nodes[*i].address.to_string()], "nodeName": self.nodes[*i].name, "conditions": {"ready": true}}))
+            .collect();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-lab"), "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "endpoints": eps, "ports": [{"port": 8080, "protocol": "TCP"}]
+        }))?;
+        Api::<EndpointSlice>::namespaced(self.client.clone(), "default")
+            .patch(
+                &format!("{service}-lab"),
+                &PatchParams::apply("routelb-lab").force(),
+                &Patch::Apply(&slice),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Opens `count` connections from the client to `addr:8080`; returns how many each
+    /// node answered.
+    pub fn connect(&self, addr: IpAddr, count: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+        in_netns(&self.client_netns, move || {
+            let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+            for _ in 0..count {
+                let stream = TcpStream::connect_timeout(
+                    &SocketAddr::new(addr, 8080),
+                    Duration::from_secs(2),
+                );
+                let name = match stream {
+                    Ok(s) => {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut line = String::new();
+                        let _ = BufReader::new(s).read_line(&mut line);
+                        line.trim().to_string()
+                    }
+                    Err(e) => format!("error: {}", e.kind()),
+                };
+                *tally
+                    .entry(if name.is_empty() {
+                        "no answer".into()
+                    } else {
+                        name
+                    })
+                    .or_default() += 1;
+            }
+            tally
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+    }
+
+    /// Reads a node's agent log (for diagnosis).
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Tears everything down.
+    pub fn shutdown(mut self) {
+        self.teardown();
+    }
+
+    fn teardown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for b in self.backends.drain(..) {
+            let _ = b.join();
+        }
+        // Agents and the allocator first (they talk to the daemons), then the daemons.
+        let mut procs = std::mem::take(&mut self.procs);
+        procs.sort_by_key(|p| !(p.name.starts_with("agent") || p.name == "allocator"));
+        drop(procs);
+        for ns in self.netns.drain(..) {
+            if let Ok(pids) = ip(&["netns", "pids", &ns]) {
+                for pid in pids.split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = ip(&["netns", "del", &ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

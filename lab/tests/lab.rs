@@ -1,0 +1,276 @@
+//! The whole system on the lab: real BIRD/FRR, real BGP, real ECMP routes, real TCP.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use lab::{Kind, Lab, Options};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn options(router: Kind, nodes: &[Kind]) -> Options {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let routelb = std::env::var_os("ROUTELB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/debug/routelb"));
+    let mut o = Options::new(routelb, repo.canonicalize().unwrap());
+    o.router = router;
+    o.nodes = nodes.to_vec();
+    o
+}
+
+async fn up(router: Kind, nodes: &[Kind]) -> Lab {
+    Lab::up(options(router, nodes))
+        .await
+        .expect("the lab comes up")
+}
+
+/// Creates a Cluster Service and checks the router spreads it over every node and that
+/// connections reach every node.
+async fn ecmp(lab: &Lab) {
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..lab.nodes.len());
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let tally = lab.connect(ip, 90).unwrap();
+    let answered: BTreeSet<&String> = tally.keys().collect();
+    let names: BTreeSet<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
+    assert_eq!(
+        answered,
+        names.iter().collect(),
+        "every node answers some connections: {tally:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecmp_over_three_bird_nodes() {
+    let lab = up(Kind::Bird, &[Kind::Bird; 3]).await;
+    ecmp(&lab).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecmp_with_frr_everywhere() {
+    let lab = up(Kind::Frr, &[Kind::Frr; 3]).await;
+    ecmp(&lab).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecmp_with_bird_and_frr_nodes_mixed() {
+    // Equal attributes from both daemons are what makes the paths equal-cost.
+    let lab = up(Kind::Bird, &[Kind::Bird, Kind::Frr, Kind::Bird]).await;
+    ecmp(&lab).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_policy_moves_next_hops_and_deletion_withdraws() {
+    let lab = up(Kind::Bird, &[Kind::Bird; 3]).await;
+    lab.create_service("api", true).await.unwrap();
+    let ip = lab.external_ip("api", WAIT).await.unwrap();
+    lab.endpoints("api", &[1]).await.unwrap();
+    lab.wait_nexthops(0, ip, &lab.node_addrs([1]), WAIT)
+        .await
+        .unwrap();
+    let tally = lab.connect(ip, 10).unwrap();
+    assert_eq!(tally.get("node-2"), Some(&10), "{tally:?}");
+    lab.endpoints("api", &[0, 2]).await.unwrap();
+    lab.wait_nexthops(0, ip, &lab.node_addrs([0, 2]), WAIT)
+        .await
+        .unwrap();
+    lab.delete_service("api").await.unwrap();
+    lab.wait_nexthops(0, ip, &BTreeSet::new(), WAIT)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_churn_resets_no_session_and_restarts_or_reloads_no_daemon() {
+    let lab = up(Kind::Bird, &[Kind::Bird, Kind::Frr, Kind::Bird]).await;
+    let sessions = lab.sessions().unwrap();
+    let pids: Vec<Option<u32>> = ["bird-node-1", "zebra-node-2", "bgpd-node-2", "bird-node-3"]
+        .iter()
+        .map(|p| lab.pid(p))
+        .collect();
+    let configs: Vec<String> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            let f = if n.kind == Kind::Bird {
+                n.dir.join("bird.conf")
+            } else {
+                n.dir.join("frr/frr.conf")
+            };
+            std::fs::read_to_string(f).unwrap()
+        })
+        .collect();
+    for i in 0..200 {
+        lab.create_service(&format!("churn-{i}"), false)
+            .await
+            .unwrap();
+    }
+    let last = lab.external_ip("churn-199", WAIT).await.unwrap();
+    lab.wait_nexthops(0, last, &lab.node_addrs(0..3), WAIT)
+        .await
+        .unwrap();
+    for i in 0..200 {
+        lab.delete_service(&format!("churn-{i}")).await.unwrap();
+    }
+    lab.wait_nexthops(0, last, &BTreeSet::new(), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        lab.sessions().unwrap(),
+        sessions,
+        "no BGP session was reset"
+    );
+    let after: Vec<Option<u32>> = ["bird-node-1", "zebra-node-2", "bgpd-node-2", "bird-node-3"]
+        .iter()
+        .map(|p| lab.pid(p))
+        .collect();
+    assert_eq!(after, pids);
+    let mut lab = lab;
+    for p in ["bird-node-1", "zebra-node-2", "bgpd-node-2", "bird-node-3"] {
+        assert!(lab.alive(p), "{p} is still running");
+    }
+    for (n, before) in lab.nodes.iter().zip(&configs) {
+        let f = if n.kind == Kind::Bird {
+            n.dir.join("bird.conf")
+        } else {
+            n.dir.join("frr/frr.conf")
+        };
+        assert_eq!(
+            &std::fs::read_to_string(f).unwrap(),
+            before,
+            "{}: Service churn changed no daemon configuration",
+            n.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_leaves_the_routers_route_untouched() {
+    let mut lab = up(Kind::Bird, &[Kind::Bird; 3]).await;
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..3);
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    lab.stop_agent(0);
+    lab.start_agent(0).unwrap();
+    // Watch the router's route while the agent restarts and settles.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            lab.nexthops(0, ip),
+            all,
+            "the route changed during an agent restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(lab.alive("agent-node-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_daemon_restart_recovers_the_routes() {
+    let mut lab = up(Kind::Bird, &[Kind::Bird, Kind::Frr, Kind::Bird]).await;
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..3);
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    for node in [0, 1] {
+        lab.kill_daemon(node);
+        let others: BTreeSet<_> = all
+            .iter()
+            .filter(|a| **a != lab.nodes[node].address)
+            .copied()
+            .collect();
+        lab.wait_nexthops(0, ip, &others, WAIT).await.unwrap();
+        lab.start_daemon(node).unwrap();
+        lab.wait_nexthops(0, ip, &all, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_template_keeps_the_last_good_configuration_and_says_so() {
+    let lab = up(Kind::Bird, &[Kind::Bird; 2]).await;
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..2);
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let conf = lab.nodes[0].dir.join("bird.conf");
+    let good = std::fs::read_to_string(&conf).unwrap();
+    // An edit that renders but BIRD refuses.
+    let template = lab.dir.join("templates/bird.conf.tera");
+    let mut text = std::fs::read_to_string(&template).unwrap();
+    text.push_str("\nprotocol bgp broken { neighbor as; }\n");
+    std::fs::write(&template, text).unwrap();
+    let events: Api<Event> = Api::namespaced(lab.client.clone(), "default");
+    let start = Instant::now();
+    let note = loop {
+        let list = events
+            .list(&ListParams::default().fields("regarding.name=node-1"))
+            .await
+            .unwrap();
+        if let Some(e) = list
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("RoutingConfigRejected"))
+        {
+            break e.note.unwrap_or_default();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no RoutingConfigRejected Event on node-1"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(note.contains("invalid"), "{note}");
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        good,
+        "the last good configuration stays"
+    );
+    assert_eq!(lab.nexthops(0, ip), all, "routing is unaffected");
+    // New Services keep flowing through the kernel and the running daemon.
+    lab.create_service("after", false).await.unwrap();
+    let ip2 = lab.external_ip("after", WAIT).await.unwrap();
+    lab.wait_nexthops(0, ip2, &all, WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_leaves_each_node_peers_only_with_its_own() {
+    let mut opts = options(Kind::Bird, &[Kind::Bird; 3]);
+    opts.leaves = 2;
+    let lab = Lab::up(opts).await.unwrap();
+    let sessions = lab.sessions().unwrap();
+    assert_eq!(
+        sessions.iter().map(|s| s.len()).collect::<Vec<_>>(),
+        [2, 1],
+        "{sessions:?}"
+    );
+    for n in &lab.nodes {
+        let conf = std::fs::read_to_string(n.dir.join("bird.conf")).unwrap();
+        let own = lab.routers[n.leaf].address.to_string();
+        let other = lab.routers[1 - n.leaf].address.to_string();
+        assert!(
+            conf.contains(&format!("neighbor {own} as 64500")),
+            "{}: {conf}",
+            n.name
+        );
+        assert!(
+            !conf.contains(&format!("neighbor {other} ")),
+            "{} must not peer with {other}",
+            n.name
+        );
+    }
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    lab.wait_nexthops(0, ip, &lab.node_addrs([0, 1]), WAIT)
+        .await
+        .unwrap();
+    lab.wait_nexthops(1, ip, &lab.node_addrs([2]), WAIT)
+        .await
+        .unwrap();
+}
