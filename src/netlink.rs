@@ -527,6 +527,44 @@ impl Netlink {
         Ok(all)
     }
 
+    /// Every route of a table with its gateways (all next hops of a multipath route):
+    /// what a router has learned, for the lab and its measurements.
+    pub fn routes_with_gateways(&mut self, table: u32) -> io::Result<Vec<(Prefix, Vec<IpAddr>)>> {
+        let mut all = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = fam;
+            m.header.table = if table < 256 { table as u8 } else { 0 };
+            m.attributes.push(RouteAttribute::Table(table));
+            for msg in self.dump(RouteNetlinkMessage::GetRoute(m))? {
+                let RouteNetlinkMessage::NewRoute(r) = msg else {
+                    continue;
+                };
+                let Some(route) = parse_route(&r) else {
+                    continue;
+                };
+                if route.table != table {
+                    continue;
+                }
+                let gateway = |attrs: &[RouteAttribute]| {
+                    attrs.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+                        RouteAttribute::Gateway(RouteAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
+                        _ => None,
+                    })
+                };
+                let mut gws: Vec<IpAddr> = gateway(&r.attributes).into_iter().collect();
+                for a in &r.attributes {
+                    if let RouteAttribute::MultiPath(hops) = a {
+                        gws.extend(hops.iter().filter_map(|h| gateway(&h.attributes)));
+                    }
+                }
+                all.push((route.dst, gws));
+            }
+        }
+        Ok(all)
+    }
+
     /// Applies changes in batches; one result per change, naming it on failure.
     pub fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), OpError>> {
         let requests = ops

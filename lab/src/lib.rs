@@ -801,7 +801,8 @@ impl Lab {
         Ok(())
     }
 
-    async fn wait_agent_ready(&self, i: usize) -> anyhow::Result<()> {
+    /// Waits until a node's agent answers /readyz with 200.
+    pub async fn wait_agent_ready(&self, i: usize) -> anyhow::Result<()> {
         let port = self.nodes[i].health_port;
         let start = Instant::now();
         loop {
