@@ -185,8 +185,31 @@ async fn a_routing_daemon_restart_recovers_the_routes() {
             .copied()
             .collect();
         lab.wait_nexthops(0, ip, &others, WAIT).await.unwrap();
+        // With its daemon down, the node's kernel side still follows new Services.
+        let name = format!("while-down-{node}");
+        lab.create_service(&name, false).await.unwrap();
+        let ip2 = lab.external_ip(&name, WAIT).await.unwrap();
+        let ns = lab.nodes[node].netns.clone();
+        let start = Instant::now();
+        loop {
+            let out = std::process::Command::new("ip")
+                .args(["-n", &ns, "route", "show", "table", "200"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("{ip2} dev kube-lb0")) {
+                break;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "the agent did not program {ip2} while its daemon was down"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         lab.start_daemon(node).unwrap();
         lab.wait_nexthops(0, ip, &all, Duration::from_secs(60))
+            .await
+            .unwrap();
+        lab.wait_nexthops(0, ip2, &all, Duration::from_secs(60))
             .await
             .unwrap();
     }
