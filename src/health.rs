@@ -1,7 +1,8 @@
-//! `/healthz` and `/readyz` for the kubelet's probes.
+//! `/healthz`, `/readyz` for the kubelet's probes and `/metrics` for Prometheus.
 //!
 //! `/healthz` answers 200 while the process serves; `/readyz` answers 200 once the
-//! component has completed its first full sync, else 503 with what it is waiting for.
+//! component has completed its first full sync, else 503 with what it is waiting for;
+//! both bodies carry a one-line detail. `/metrics` is the text exposition format.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ impl Health {
     fn answer(&self, path: &str) -> Response<Full<Bytes>> {
         let (status, body) = match path {
             "/healthz" | "/livez" => (StatusCode::OK, "ok\n".to_string()),
+            "/metrics" => (StatusCode::OK, crate::metrics::METRICS.render()),
             "/readyz" => {
                 let (ready, detail) = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let status = if ready {
@@ -54,7 +56,14 @@ impl Health {
         };
         Response::builder()
             .status(status)
-            .header("content-type", "text/plain")
+            .header(
+                "content-type",
+                if path == "/metrics" {
+                    "text/plain; version=0.0.4"
+                } else {
+                    "text/plain"
+                },
+            )
             .body(Full::new(Bytes::from(body)))
             .expect("valid response")
     }

@@ -13,18 +13,25 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 
-/// Exponential backoff from 200 ms to 5 s, reset by the first success.
+/// Exponential backoff from 200 ms to 5 s. A watcher yields a success (`Init`) at the
+/// start of every relist attempt, so resetting on any success would keep retrying at
+/// 200 ms through an outage: the backoff resets only after 10 s without failures.
 #[derive(Clone, Debug)]
 pub struct QuickBackoff {
     next: Duration,
+    last_failure: Option<std::time::Instant>,
 }
 
 const FIRST: Duration = Duration::from_millis(200);
 const MAX: Duration = Duration::from_secs(5);
+const CALM: Duration = Duration::from_secs(10);
 
 impl Default for QuickBackoff {
     fn default() -> QuickBackoff {
-        QuickBackoff { next: FIRST }
+        QuickBackoff {
+            next: FIRST,
+            last_failure: None,
+        }
     }
 }
 
@@ -33,13 +40,16 @@ impl Iterator for QuickBackoff {
     fn next(&mut self) -> Option<Duration> {
         let now = self.next;
         self.next = (self.next * 2).min(MAX);
+        self.last_failure = Some(std::time::Instant::now());
         Some(now)
     }
 }
 
 impl Backoff for QuickBackoff {
     fn reset(&mut self) {
-        self.next = FIRST;
+        if self.last_failure.is_none_or(|t| t.elapsed() >= CALM) {
+            self.next = FIRST;
+        }
     }
 }
 
@@ -76,7 +86,14 @@ where
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; the cache keeps its last state; retrying")
+                    let kind = K::kind(&Default::default()).to_string();
+                    crate::metrics::METRICS.inc(
+                        "routelb_watch_restarts_total",
+                        "Watches that failed and were restarted (API server unreachable, 410 Expired, ...).",
+                        &[("resource", &kind)],
+                        1.0,
+                    );
+                    tracing::warn!(kind = %kind, error = %e, "watch failed; the cache keeps its last state; retrying");
                 }
             }
         }
@@ -89,10 +106,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_five_seconds_and_resets() {
+    fn backoff_doubles_to_five_seconds_and_resets_only_when_calm() {
         let mut b = QuickBackoff::default();
         let seq: Vec<u128> = b.by_ref().take(7).map(|d| d.as_millis()).collect();
         assert_eq!(seq, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(
+            b.next(),
+            Some(MAX),
+            "a success right after a failure does not reset"
+        );
+        b.last_failure = Some(std::time::Instant::now() - CALM);
         b.reset();
         assert_eq!(b.next(), Some(FIRST));
     }

@@ -14,6 +14,7 @@ pub mod health;
 pub mod ipam;
 pub mod kubewatch;
 pub mod leader;
+pub mod metrics;
 pub mod netlink;
 pub mod routing;
 pub mod selector;

@@ -183,6 +183,20 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
+/// The value of one series in a Prometheus text exposition (labels matched exactly).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        let all = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (n == name && all && rest.matches("=\"").count() == labels.len())
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
 /// Removes what labs left behind: their namespaces and the processes recorded in
 /// `/tmp/routelb-lab-*/pids` (a lab killed before it could clean up).
 pub fn down() -> anyhow::Result<usize> {
@@ -1028,6 +1042,19 @@ impl Lab {
         })
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+    }
+
+    /// A node agent's `/metrics`.
+    pub fn agent_metrics(&self, i: usize) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.nodes[i].health_port)) else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
     }
 
     /// Reads a node's agent log (for diagnosis).

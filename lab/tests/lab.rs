@@ -224,6 +224,21 @@ async fn a_bad_template_keeps_the_last_good_configuration_and_says_so() {
     lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
     let conf = lab.nodes[0].dir.join("bird.conf");
     let good = std::fs::read_to_string(&conf).unwrap();
+    // The agent's metrics show the reload at start, the daemon up, the announcement.
+    let m = lab.agent_metrics(0);
+    let ok_reloads =
+        lab::metric(&m, "routelb_daemon_reloads_total", &[("result", "ok")]).unwrap_or(0.0);
+    assert!(ok_reloads >= 1.0, "{m}");
+    assert_eq!(lab::metric(&m, "routelb_daemon_up", &[]), Some(1.0), "{m}");
+    assert_eq!(
+        lab::metric(&m, "routelb_announced_addresses", &[("family", "ipv4")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        lab::metric(&m, "routelb_daemon_last_good_reload_timestamp_seconds", &[])
+            .is_some_and(|t| t > 1e9)
+    );
     // An edit that renders but BIRD refuses.
     let template = lab.dir.join("templates/bird.conf.tera");
     let mut text = std::fs::read_to_string(&template).unwrap();
@@ -250,6 +265,16 @@ async fn a_bad_template_keeps_the_last_good_configuration_and_says_so() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(note.contains("invalid"), "{note}");
+    let m = lab.agent_metrics(0);
+    assert!(
+        lab::metric(&m, "routelb_daemon_reloads_total", &[("result", "failed")])
+            .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert_eq!(
+        lab::metric(&m, "routelb_daemon_reloads_total", &[("result", "ok")]),
+        Some(ok_reloads)
+    );
     assert_eq!(
         std::fs::read_to_string(&conf).unwrap(),
         good,

@@ -301,10 +301,75 @@ pub async fn run(
         }
         // Ready once synced and the kernel has been reconciled once (errors are in the detail).
         health.set(status.reconciles > 0, detail);
+        publish_metrics(
+            last_set.as_ref(),
+            &status,
+            &routing_status,
+            publisher.dropped() + bucket.dropped,
+        );
     }
     let stop = tokio::task::spawn_blocking(move || dataplane.stop());
     let _ = stop.await;
     Ok(())
+}
+
+/// Updates the agent's metrics from what it knows now.
+fn publish_metrics(
+    desired: Option<&crate::dataplane::Desired>,
+    dp: &crate::dataplane::Status,
+    routing: &std::sync::Mutex<routing::RoutingStatus>,
+    events_dropped: u64,
+) {
+    use crate::metrics::METRICS as M;
+    if let Some(d) = desired {
+        for (family, v4) in [("ipv4", true), ("ipv6", false)] {
+            let addrs = d.addresses.iter().filter(|a| a.is_ipv4() == v4).count();
+            let prefixes = d.prefixes.iter().filter(|p| p.addr.is_ipv4() == v4).count();
+            M.set(
+                "routelb_announced_addresses",
+                "Service addresses this node announces.",
+                &[("family", family)],
+                addrs as f64,
+            );
+            M.set(
+                "routelb_announced_prefixes",
+                "Prefixes this node routes to kube-lb0 in its table.",
+                &[("family", family)],
+                prefixes as f64,
+            );
+        }
+    }
+    M.set_counter(
+        "routelb_dataplane_reconciles_total",
+        "Reconciles of the kernel's owned addresses and routes.",
+        &[],
+        dp.reconciles as f64,
+    );
+    M.set_counter(
+        "routelb_dataplane_changes_total",
+        "Addresses and routes added or removed in the kernel.",
+        &[],
+        dp.changes as f64,
+    );
+    M.set_counter(
+        "routelb_netlink_errors_total",
+        "Netlink changes the kernel refused.",
+        &[],
+        dp.errors as f64,
+    );
+    M.set_counter(
+        "routelb_dataplane_repairs_total",
+        "Drift repairs: owned entries changed by someone else, put right.",
+        &[],
+        dp.repairs as f64,
+    );
+    M.set_counter(
+        "routelb_events_dropped_total",
+        "Events not sent (rate limit or full queue).",
+        &[],
+        events_dropped as f64,
+    );
+    routing::publish_metrics(&routing.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
 /// Applies one watch event to the model. On a relist's end, objects that vanished while

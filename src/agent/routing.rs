@@ -272,8 +272,11 @@ async fn run(
     publisher: Publisher,
 ) {
     stores.ready().await;
-    let set =
-        |f: &dyn Fn(&mut RoutingStatus)| f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+    let set = |f: &dyn Fn(&mut RoutingStatus)| {
+        let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+        publish_metrics(&s);
+    };
     // What the daemon runs now: start from the file on disk, so a restarted agent does
     // not reload a daemon that already has this configuration.
     let mut applied: BTreeMap<&'static str, String> = BTreeMap::new();
@@ -365,13 +368,6 @@ async fn run(
             Err(e) => {
                 let why = e.to_string();
                 tracing::warn!(daemon = name, error = %why, "new routing configuration rejected; the last good one keeps running");
-                report(
-                    &publisher,
-                    &node_name,
-                    &mut reported,
-                    "RoutingConfigRejected",
-                    &why,
-                );
                 // Do not try the same text again until something changes.
                 applied.insert(name, text);
                 set(&|s| {
@@ -380,6 +376,13 @@ async fn run(
                     s.state = format!("keeping the last good {name} configuration: {why}");
                     s.last_error = Some(why.clone());
                 });
+                report(
+                    &publisher,
+                    &node_name,
+                    &mut reported,
+                    "RoutingConfigRejected",
+                    &why,
+                );
             }
         }
     }
@@ -430,4 +433,40 @@ pub fn describe(status: &Mutex<RoutingStatus>) -> String {
         ));
     }
     d
+}
+
+/// Publishes the routing daemon's metrics; called on every status change, so a scrape
+/// right after a reload or a rejection sees it.
+pub(crate) fn publish_metrics(r: &RoutingStatus) {
+    use crate::metrics::METRICS as M;
+    let reloads = "Routing daemon reloads with a new configuration, by result (failed: rejected by validation or the daemon).";
+    M.set_counter(
+        "routelb_daemon_reloads_total",
+        reloads,
+        &[("result", "ok")],
+        r.reloads_ok as f64,
+    );
+    M.set_counter(
+        "routelb_daemon_reloads_total",
+        reloads,
+        &[("result", "failed")],
+        r.reloads_failed as f64,
+    );
+    M.set(
+        "routelb_daemon_up",
+        "1 when the routing daemon answered at the last check.",
+        &[],
+        if r.reachable { 1.0 } else { 0.0 },
+    );
+    if let Some(t) = r
+        .last_good_reload
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    {
+        M.set(
+            "routelb_daemon_last_good_reload_timestamp_seconds",
+            "When the routing daemon last loaded a new configuration (Unix time).",
+            &[],
+            t.as_secs_f64(),
+        );
+    }
 }

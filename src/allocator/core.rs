@@ -96,6 +96,15 @@ pub enum Effect {
     },
     /// The pool's status may have changed; the I/O layer refreshes it at a bounded rate.
     PoolStatus(String),
+    /// A countable outcome for the metrics (`allocation{pool}`, `failure{reason}`).
+    Count(Outcome),
+}
+
+/// Outcomes the allocator counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allocated { pool: String },
+    Failed { reason: &'static str },
 }
 
 /// Allocator settings that change decisions.
@@ -525,6 +534,7 @@ impl Core {
                 if self.last_failure.get(&key) != Some(&note) {
                     self.last_failure.insert(key.clone(), note.clone());
                     self.event(Regarding::service(svc), true, reason::FAILED, note);
+                    self.emit(Effect::Count(Outcome::Failed { reason: e.reason() }));
                 }
                 if e.may_clear() {
                     self.pend(svc);
@@ -560,6 +570,9 @@ impl Core {
             self.retry = true;
         }
         self.event(Regarding::service(svc), false, reason::ASSIGNED, note);
+        self.emit(Effect::Count(Outcome::Allocated {
+            pool: a.pool.clone(),
+        }));
         self.emit(Effect::PoolStatus(a.pool.clone()));
         if let Some(old) = old_pool.filter(|o| *o != a.pool) {
             self.emit(Effect::PoolStatus(old.to_string()));

@@ -23,13 +23,14 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 
-use self::core::{Core, Effect, Regarding, Settings, status_differs};
+use self::core::{Core, Effect, Outcome, Regarding, Settings, status_differs};
 use crate::crd::AddressPool;
 use crate::events::{Note, Publisher};
 use crate::health::Health;
 use crate::ipam::ServiceKey;
 use crate::kubewatch::watch_into;
 use crate::leader::{LeaderElector, Timing};
+use crate::metrics::METRICS;
 use crate::service;
 
 /// How the allocator runs.
@@ -64,6 +65,45 @@ enum Input {
     Service(watcher::Event<Service>),
     Pool(watcher::Event<AddressPool>),
     Namespace(watcher::Event<Namespace>),
+}
+
+const ALLOCATIONS: &str = "routelb_allocations_total";
+const ALLOCATIONS_HELP: &str = "Services given addresses (or new addresses), by pool.";
+const FAILURES: &str = "routelb_allocation_failures_total";
+const FAILURES_HELP: &str = "Allocation failures reported to Services, by reason (out_of_ips, no_pool, already_allocated, ...).";
+const LEADER_HELP: &str = "1 while this allocator replica holds the Lease and writes.";
+const ERRORS: &str = "routelb_reconcile_errors_total";
+const ERRORS_HELP: &str = "Failed writes to the API server, by component and operation.";
+
+/// Publishes per-pool gauges and the number of waiting Services.
+fn pool_gauges(core: &Core) {
+    METRICS.clear("routelb_pool_addresses");
+    for name in core.pool_names() {
+        let Some(usage) = core.ipam().pool_usage(&name) else {
+            continue;
+        };
+        for (family, u) in [("ipv4", usage.ipv4), ("ipv6", usage.ipv6)] {
+            let Some(u) = u else { continue };
+            for (state, n) in [
+                ("size", u.size),
+                ("allocated", u.allocated),
+                ("available", u.available),
+            ] {
+                METRICS.set(
+                    "routelb_pool_addresses",
+                    "Addresses of each pool by family and state (size, allocated, available).",
+                    &[("pool", &name), ("family", family), ("state", state)],
+                    n as f64,
+                );
+            }
+        }
+    }
+    METRICS.set(
+        "routelb_services_pending",
+        "Services waiting for an address.",
+        &[],
+        core.pending().len() as f64,
+    );
 }
 
 /// Runs the allocator until `shutdown` turns true.
@@ -108,6 +148,20 @@ pub async fn run(
         false,
         "waiting for the Service, AddressPool and Namespace caches",
     );
+    for reason in [
+        "out_of_ips",
+        "no_pool",
+        "already_allocated",
+        "invalid_annotation",
+    ] {
+        METRICS.declare(FAILURES, FAILURES_HELP, &[("reason", reason)]);
+    }
+    METRICS.declare(
+        ERRORS,
+        ERRORS_HELP,
+        &[("component", "allocator"), ("operation", "service_status")],
+    );
+    METRICS.set("routelb_leader", LEADER_HELP, &[], 0.0);
     let mut synced = [false; 3];
     let mut session: Option<Session> = None;
     let mut tick = tokio::time::interval(opts.status_interval);
@@ -132,6 +186,7 @@ pub async fn run(
             _ = tick.tick() => {
                 if let Some(s) = session.as_mut() {
                     s.write_pool_statuses(&pools);
+                    pool_gauges(&s.core);
                 }
             }
             _ = shutdown.changed() => break,
@@ -160,6 +215,8 @@ pub async fn run(
                     "leading: restored assignments and allocated"
                 );
                 health.set(true, "leader: assigning addresses");
+                METRICS.set("routelb_leader", LEADER_HELP, &[], 1.0);
+                pool_gauges(&s.core);
                 session = Some(s);
             }
             (Some(_), false) => {
@@ -167,6 +224,7 @@ pub async fn run(
                 if let Some(s) = session.take() {
                     s.stop();
                 }
+                METRICS.set("routelb_leader", LEADER_HELP, &[], 0.0);
                 health.set(
                     all_synced,
                     if all_synced {
@@ -297,6 +355,12 @@ impl Session {
                 Effect::PoolStatus(p) => {
                     self.dirty_pools.insert(p);
                 }
+                Effect::Count(Outcome::Allocated { pool }) => {
+                    METRICS.inc(ALLOCATIONS, ALLOCATIONS_HELP, &[("pool", &pool)], 1.0);
+                }
+                Effect::Count(Outcome::Failed { reason }) => {
+                    METRICS.inc(FAILURES, FAILURES_HELP, &[("reason", reason)], 1.0);
+                }
             }
         }
     }
@@ -336,6 +400,12 @@ impl Session {
                     .patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
                     .await
                 {
+                    METRICS.inc(
+                        ERRORS,
+                        ERRORS_HELP,
+                        &[("component", "allocator"), ("operation", "pool_status")],
+                        1.0,
+                    );
                     tracing::warn!(pool = %name, %identity, error = %e, "writing pool status failed");
                 }
             });
@@ -443,6 +513,12 @@ impl ServiceWriter {
                     }
                     Ok(None) => {}
                     Err(e) => {
+                        METRICS.inc(
+                            ERRORS,
+                            ERRORS_HELP,
+                            &[("component", "allocator"), ("operation", "service_status")],
+                            1.0,
+                        );
                         tracing::warn!(service = %key, error = %e, "writing Service status failed; retrying");
                         let mut q = self.lock();
                         q.desired.entry(key.clone()).or_insert((desired, None));

@@ -7,5 +7,6 @@ mod cli;
 mod dataplane;
 mod leader;
 mod netns;
+mod observability;
 mod support;
 mod templates;

@@ -296,12 +296,18 @@ pub fn start_allocator(cluster: &Cluster, opts: routelb::allocator::Options) -> 
 pub struct Proc(pub Child);
 
 impl Proc {
+    /// Starts the routelb binary; its log goes to stderr when ROUTELB_TEST_LOGS is set.
     pub fn routelb(args: &[&str]) -> Proc {
+        let log = if std::env::var_os("ROUTELB_TEST_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
         Proc(
             Command::new(env!("CARGO_BIN_EXE_routelb"))
                 .args(args)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .unwrap(),
         )
@@ -428,4 +434,46 @@ pub async fn is_ready(port: u16) -> bool {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
     out.starts_with("HTTP/1.1 200")
+}
+
+/// GETs a path from a spawned component's health/metrics port: (status code, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of one series in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        if n != name {
+            return None;
+        }
+        let all = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        let count = if rest.is_empty() {
+            0
+        } else {
+            rest.matches("=\"").count()
+        };
+        (all && count == labels.len())
+            .then(|| value.parse().ok())
+            .flatten()
+    })
 }
