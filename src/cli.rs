@@ -74,7 +74,7 @@ pub struct AllocatorArgs {
     /// Seconds a Lease stays valid without renewal; a standby takes over after it.
     #[arg(long, default_value_t = 15)]
     pub lease_duration: u64,
-    /// Address of /healthz and /readyz.
+    /// Address of /healthz, /readyz and /metrics (Prometheus).
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub health_addr: SocketAddr,
     /// Seconds between AddressPool status refreshes (at most one write per pool each).
@@ -111,7 +111,7 @@ pub struct AgentArgs {
     /// Events per second at most.
     #[arg(long, default_value_t = 10.0)]
     pub events_per_second: f64,
-    /// Address of /healthz and /readyz.
+    /// Address of /healthz, /readyz and /metrics (Prometheus).
     #[arg(long, default_value = "0.0.0.0:9091")]
     pub health_addr: SocketAddr,
     /// Program the kernel of this network namespace instead of the agent's own (labs and

@@ -5,6 +5,7 @@ mod agent;
 mod allocator;
 mod cli;
 mod dataplane;
+mod deploy;
 mod leader;
 mod netns;
 mod observability;
