@@ -29,6 +29,7 @@ pub mod reason {
     pub const DEPRECATED_LB_IP: &str = "LoadBalancerIPDeprecated";
     pub const OUTSIDE_POOL: &str = "AddressOutsidePool";
     pub const CONFLICT: &str = "AddressConflict";
+    pub const NOT_IN_POOL: &str = "AddressNotInPool";
     pub const POOL_INVALID: &str = "InvalidSpec";
     pub const POOL_CONFLICT: &str = "PoolConflict";
     pub const POOL_CONFLICT_RESOLVED: &str = "PoolConflictResolved";
@@ -508,6 +509,12 @@ impl Core {
             );
         }
         let before = self.ipam.assignment(&key);
+        if before.is_none() && service::allocated_from(svc).is_none() {
+            let shown = service::ingress_ips(svc);
+            if !shown.is_empty() && self.adopt_or_hold(svc, &parsed.request, &shown) {
+                return;
+            }
+        }
         match self.ipam.allocate(&parsed.request) {
             Ok(allocation) => {
                 self.unpend(&key);
@@ -546,6 +553,67 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A Service showing addresses routelb did not assign (another load balancer's, from
+    /// before a migration): adopted when the pools cover them, otherwise kept, reported
+    /// and retried when pools change, never replaced. Returns false when the addresses
+    /// cannot be adopted because another Service holds them: then the Service is
+    /// allocated afresh, as at startup.
+    fn adopt_or_hold(&mut self, svc: &Service, request: &ServiceRequest, shown: &[IpAddr]) -> bool {
+        let key = service::key(svc);
+        let pools: Vec<Option<String>> = shown
+            .iter()
+            .map(|a| self.ipam.pool_containing(*a).map(str::to_string))
+            .collect();
+        if let Some(Some(pool)) = pools.first().cloned()
+            && pools.iter().all(|p| p.as_deref() == Some(pool.as_str()))
+        {
+            if self.ipam.restore(request, &pool, shown).is_err() {
+                return false;
+            }
+            self.unpend(&key);
+            self.last_failure.remove(&key);
+            self.event(
+                Regarding::service(svc),
+                false,
+                reason::ASSIGNED,
+                format!(
+                    "Adopted {} (already in the Service's status) into AddressPool {pool}",
+                    list(shown)
+                ),
+            );
+            self.emit(Effect::Count(Outcome::Allocated { pool: pool.clone() }));
+            self.emit(Effect::PoolStatus(pool.clone()));
+            self.publish(svc, shown, Some(&pool));
+            return true;
+        }
+        let outside: Vec<IpAddr> = shown
+            .iter()
+            .zip(&pools)
+            .filter(|(_, p)| p.is_none())
+            .map(|(a, _)| *a)
+            .collect();
+        let note = if outside.is_empty() {
+            format!(
+                "status.loadBalancer.ingress shows {} from different AddressPools; it is kept and nothing is allocated. Put them in one pool to adopt them, or clear the Service's status to get new addresses",
+                list(shown)
+            )
+        } else {
+            format!(
+                "status.loadBalancer.ingress shows {}, in no AddressPool and not assigned by routelb (another load balancer's?); it is kept and nothing is allocated. Add an AddressPool covering it to adopt it, or clear the Service's status to get a new address",
+                list(&outside)
+            )
+        };
+        if self.last_failure.get(&key) != Some(&note) {
+            self.last_failure.insert(key.clone(), note.clone());
+            self.event(Regarding::service(svc), true, reason::NOT_IN_POOL, note);
+            self.emit(Effect::Count(Outcome::Failed {
+                reason: "address_not_in_pool",
+            }));
+        }
+        self.pend(svc);
+        true
     }
 
     fn report_assignment(
@@ -912,6 +980,45 @@ mod tests {
             [("b".to_string(), vec!["192.0.2.1".to_string()])]
         );
         assert!(core.pending().is_empty());
+    }
+
+    #[test]
+    fn foreign_addresses_are_kept_until_a_pool_covers_them_then_adopted() {
+        let mut core = Core::new(Settings::default());
+        let foreign = || {
+            svc(
+                "m",
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}),
+            )
+        };
+        let effects = core.restore(&[foreign()], &[pool("p", &["192.0.2.0/30"])], &[]);
+        assert!(
+            published(&effects).is_empty(),
+            "never replaced: {effects:?}"
+        );
+        assert_eq!(reasons(&effects), ["AddressNotInPool"]);
+        assert!(core.service_applied(foreign()).is_empty(), "reported once");
+        // Other Services still allocate meanwhile.
+        let other = core.service_applied(svc("n", json!({})));
+        assert_eq!(
+            published(&other),
+            [("n".to_string(), vec!["192.0.2.0".to_string()])]
+        );
+        // A pool covering it adopts it, at the same address.
+        let adopted = core.pool_applied(&pool("migrated", &["198.51.100.0/24"]));
+        assert_eq!(
+            published(&adopted),
+            [("m".to_string(), vec!["198.51.100.7".to_string()])]
+        );
+        assert_eq!(reasons(&adopted), ["AddressAssigned"]);
+        assert!(core.pending().is_empty());
+        assert_eq!(
+            core.ipam()
+                .assignment(&ServiceKey::new("ns", "m"))
+                .unwrap()
+                .pool,
+            "migrated"
+        );
     }
 
     #[test]

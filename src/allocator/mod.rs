@@ -153,6 +153,7 @@ pub async fn run(
         "no_pool",
         "already_allocated",
         "invalid_annotation",
+        "address_not_in_pool",
     ] {
         METRICS.declare(FAILURES, FAILURES_HELP, &[("reason", reason)]);
     }

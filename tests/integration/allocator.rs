@@ -679,3 +679,46 @@ async fn adopts_existing_addresses_on_start_instead_of_reshuffling() {
     assert_eq!(c.wait_ips(NS, "migrated", 1).await, [ip("192.0.2.9")]);
     assert_eq!(c.wait_ips(NS, "fresh", 1).await, [ip("192.0.2.0")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrated_service_keeps_its_address_until_a_pool_adopts_it() {
+    // A Service another load balancer served: an address in its status, no annotation.
+    let c = Cluster::new().await;
+    c.pool("public", json!({"addresses": ["192.0.2.0/30"]}))
+        .await;
+    c.service(NS, "old", json!({})).await;
+    c.services(NS)
+        .patch_status(
+            "old",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let a = start_allocator(&c, allocator_options("migration"));
+    c.wait_event(NS, "old", "AddressNotInPool", "198.51.100.7")
+        .await;
+    // A Service created meanwhile is served; the migrated one is left as it is.
+    c.service(NS, "new", json!({})).await;
+    assert_eq!(c.wait_ips(NS, "new", 1).await, [ip("192.0.2.0")]);
+    let old = c.get(NS, "old").await;
+    assert_eq!(c.ips(NS, "old").await, [ip("198.51.100.7")]);
+    assert!(!old.annotations().contains_key("routelb.io/allocated-from"));
+    // The pool for the old range adopts it, address unchanged.
+    c.pool("migrated", json!({"addresses": ["198.51.100.0/24"]}))
+        .await;
+    c.wait_event(NS, "old", "AddressAssigned", "Adopted 198.51.100.7")
+        .await;
+    let old = eventually("the allocated-from annotation", || async {
+        let s = c.get(NS, "old").await;
+        s.annotations()
+            .contains_key("routelb.io/allocated-from")
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(old.annotations()["routelb.io/allocated-from"], "migrated");
+    assert_eq!(c.ips(NS, "old").await, [ip("198.51.100.7")]);
+    a.stop().await;
+}
