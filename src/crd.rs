@@ -43,6 +43,18 @@ pub struct AggregationLength {
     pub ipv6: Option<u8>,
 }
 
+impl AggregationLength {
+    /// The announced prefix lengths (IPv4, IPv6) of a pool's spec: defaults /32 and
+    /// /128, clamped to the family's width.
+    pub fn of(spec: &AddressPoolSpec) -> (u8, u8) {
+        let agg = spec.aggregation_length.as_ref();
+        (
+            agg.and_then(|a| a.ipv4).unwrap_or(32).min(32),
+            agg.and_then(|a| a.ipv6).unwrap_or(128).min(128),
+        )
+    }
+}
+
 /// BGP attributes the routing templates attach to this pool's prefixes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -80,6 +80,33 @@ pub struct Observed {
     pub local_routes: BTreeSet<Route>,
 }
 
+/// What the kernel has that routelb owns: addresses on the interface `index` (none
+/// without one), routes in its table, and local routes, all with its protocol.
+fn observe(nl: &mut Netlink, cfg: &Config, index: Option<u32>) -> io::Result<Observed> {
+    let addresses = match index {
+        Some(i) => nl
+            .addr_dump(i)?
+            .into_iter()
+            .filter(|p| !link_local(p))
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let routes = nl
+        .route_dump(cfg.table, cfg.protocol)?
+        .into_iter()
+        .collect();
+    let local_routes = nl
+        .route_dump(TABLE_LOCAL, cfg.protocol)?
+        .into_iter()
+        .filter(|r| r.local)
+        .collect();
+    Ok(Observed {
+        addresses,
+        routes,
+        local_routes,
+    })
+}
+
 /// The changes that turn `observed` into `desired`: additions first (make before break).
 pub fn plan(cfg: &Config, link: &Link, desired: &Desired, observed: &Observed) -> Vec<Op> {
     let addresses: BTreeSet<Prefix> = match cfg.vip_mode {
@@ -217,10 +244,6 @@ impl Dataplane {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     pub fn link(&self) -> &Link {
         &self.link
     }
@@ -232,28 +255,7 @@ impl Dataplane {
 
     /// What the kernel has that routelb owns.
     pub fn observe(&mut self) -> io::Result<Observed> {
-        let addresses = self
-            .nl
-            .addr_dump(self.link.index)?
-            .into_iter()
-            .filter(|p| !link_local(p))
-            .collect();
-        let routes = self
-            .nl
-            .route_dump(self.cfg.table, self.cfg.protocol)?
-            .into_iter()
-            .collect();
-        let local_routes = self
-            .nl
-            .route_dump(TABLE_LOCAL, self.cfg.protocol)?
-            .into_iter()
-            .filter(|r| r.local)
-            .collect();
-        Ok(Observed {
-            addresses,
-            routes,
-            local_routes,
-        })
+        observe(&mut self.nl, &self.cfg, Some(self.link.index))
     }
 
     /// Forgets what was observed: the next reconcile dumps the kernel.
@@ -372,30 +374,18 @@ impl Dataplane {
     /// Removes everything routelb put into the kernel, then the interface. Idempotent.
     pub fn cleanup(cfg: &Config) -> anyhow::Result<Report> {
         let mut nl = Netlink::new().context("open a netlink socket")?;
-        let mut ops: Vec<Op> = Vec::new();
-        ops.extend(
-            nl.route_dump(cfg.table, cfg.protocol)?
-                .into_iter()
-                .map(Op::RouteDel),
-        );
-        ops.extend(
-            nl.route_dump(TABLE_LOCAL, cfg.protocol)?
-                .into_iter()
-                .filter(|r| r.local)
-                .map(Op::RouteDel),
-        );
         let link = nl.link_get(&cfg.interface)?;
+        let observed = observe(&mut nl, cfg, link.as_ref().map(|l| l.index))?;
+        let mut ops: Vec<Op> = (observed.routes.into_iter())
+            .chain(observed.local_routes)
+            .map(Op::RouteDel)
+            .collect();
         if let Some(l) = &link {
-            ops.extend(
-                nl.addr_dump(l.index)?
-                    .into_iter()
-                    .filter(|p| !link_local(p))
-                    .map(|prefix| Op::AddrDel {
-                        index: l.index,
-                        ifname: l.name.clone(),
-                        prefix,
-                    }),
-            );
+            ops.extend(observed.addresses.into_iter().map(|prefix| Op::AddrDel {
+                index: l.index,
+                ifname: l.name.clone(),
+                prefix,
+            }));
         }
         let mut report = Report::default();
         for (op, result) in ops.iter().zip(nl.apply(&ops)) {
@@ -464,7 +454,6 @@ fn ensure_link(nl: &mut Netlink, cfg: &Config) -> anyhow::Result<(Link, Option<&
 #[derive(Clone, Debug, Default)]
 pub struct Status {
     pub reconciles: u64,
-    pub last: Report,
     /// Changes made since start (added + removed).
     pub changes: u64,
     /// Failed changes since start.
@@ -474,8 +463,6 @@ pub struct Status {
     pub interface: String,
     pub fallback: Option<&'static str>,
     pub last_error: Option<String>,
-    /// When the kernel last matched the desired state.
-    pub in_sync_at: Option<Instant>,
     /// Addresses the node already accepted traffic for when the dataplane started
     /// (adopted from a previous run).
     pub adopted: BTreeSet<IpAddr>,
@@ -705,10 +692,6 @@ fn run(
                     tracing::warn!(error = %e, "dataplane change failed");
                 }
                 s.last_error = report.errors.first().cloned();
-                if report.errors.is_empty() {
-                    s.in_sync_at = Some(Instant::now());
-                }
-                s.last = report;
                 s.fallback = dp.fallback();
             }
             Err(e) => {

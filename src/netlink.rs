@@ -204,11 +204,16 @@ fn addr_message(index: u32, prefix: Prefix) -> AddressMessage {
     m
 }
 
+/// The header's 8-bit table field; tables above 255 live only in the Table attribute.
+fn header_table(table: u32) -> u8 {
+    u8::try_from(table).unwrap_or(0)
+}
+
 fn route_message(r: &Route) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = family(r.dst.addr);
     m.header.destination_prefix_length = r.dst.len;
-    m.header.table = if r.table < 256 { r.table as u8 } else { 0 };
+    m.header.table = header_table(r.table);
     m.header.protocol = RouteProtocol::from(r.protocol);
     m.header.scope = if r.local {
         RouteScope::Host
@@ -505,64 +510,67 @@ impl Netlink {
             .collect())
     }
 
-    /// Routes of one table and protocol (both families).
-    pub fn route_dump(&mut self, table: u32, protocol: u8) -> io::Result<Vec<Route>> {
+    /// Routes of one table (both families), of one protocol when given, with the
+    /// messages they were parsed from.
+    fn table_dump(
+        &mut self,
+        table: u32,
+        protocol: Option<u8>,
+    ) -> io::Result<Vec<(Route, RouteMessage)>> {
         let mut all = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut m = RouteMessage::default();
             m.header.address_family = fam;
-            m.header.table = if table < 256 { table as u8 } else { 0 };
-            m.header.protocol = RouteProtocol::from(protocol);
+            m.header.table = header_table(table);
+            if let Some(p) = protocol {
+                m.header.protocol = RouteProtocol::from(p);
+            }
             m.attributes.push(RouteAttribute::Table(table));
             for msg in self.dump(RouteNetlinkMessage::GetRoute(m))? {
                 if let RouteNetlinkMessage::NewRoute(r) = msg
                     && let Some(route) = parse_route(&r)
                     && route.table == table
-                    && route.protocol == protocol
+                    && protocol.is_none_or(|p| route.protocol == p)
                 {
-                    all.push(route);
+                    all.push((route, r));
                 }
             }
         }
         Ok(all)
     }
 
+    /// Routes of one table and protocol (both families).
+    pub fn route_dump(&mut self, table: u32, protocol: u8) -> io::Result<Vec<Route>> {
+        Ok(self
+            .table_dump(table, Some(protocol))?
+            .into_iter()
+            .map(|(route, _)| route)
+            .collect())
+    }
+
     /// Every route of a table with its gateways (all next hops of a multipath route):
     /// what a router has learned, for the lab and its measurements.
     pub fn routes_with_gateways(&mut self, table: u32) -> io::Result<Vec<(Prefix, Vec<IpAddr>)>> {
-        let mut all = Vec::new();
-        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut m = RouteMessage::default();
-            m.header.address_family = fam;
-            m.header.table = if table < 256 { table as u8 } else { 0 };
-            m.attributes.push(RouteAttribute::Table(table));
-            for msg in self.dump(RouteNetlinkMessage::GetRoute(m))? {
-                let RouteNetlinkMessage::NewRoute(r) = msg else {
-                    continue;
-                };
-                let Some(route) = parse_route(&r) else {
-                    continue;
-                };
-                if route.table != table {
-                    continue;
-                }
-                let gateway = |attrs: &[RouteAttribute]| {
-                    attrs.iter().find_map(|a| match a {
-                        RouteAttribute::Gateway(RouteAddress::Inet(v)) => Some(IpAddr::V4(*v)),
-                        RouteAttribute::Gateway(RouteAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
-                        _ => None,
-                    })
-                };
+        let gateway = |attrs: &[RouteAttribute]| {
+            attrs.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
+                _ => None,
+            })
+        };
+        Ok(self
+            .table_dump(table, None)?
+            .into_iter()
+            .map(|(route, r)| {
                 let mut gws: Vec<IpAddr> = gateway(&r.attributes).into_iter().collect();
                 for a in &r.attributes {
                     if let RouteAttribute::MultiPath(hops) = a {
                         gws.extend(hops.iter().filter_map(|h| gateway(&h.attributes)));
                     }
                 }
-                all.push((route.dst, gws));
-            }
-        }
-        Ok(all)
+                (route.dst, gws)
+            })
+            .collect())
     }
 
     /// Applies changes in batches; one result per change, naming it on failure.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use thiserror::Error;
 
 use crate::ipam::range::Family;
@@ -120,15 +120,12 @@ pub struct Parsed {
     pub request: ServiceRequest,
     /// The request uses `spec.loadBalancerIP` (deprecated upstream).
     pub uses_load_balancer_ip: bool,
-    /// Foreign annotations in use (for a migration hint).
-    pub foreign: Vec<String>,
 }
 
 fn annotation<'a>(
     annotations: &'a BTreeMap<String, String>,
     primary: &'static str,
     aliases: &[&'static str],
-    foreign: &mut Vec<String>,
 ) -> Result<Option<(&'static str, &'a str)>, AnnotationError> {
     let mut found: Option<(&'static str, &'a str)> = None;
     for name in std::iter::once(&primary).chain(aliases) {
@@ -154,9 +151,6 @@ fn annotation<'a>(
             }
             Some(_) => {}
         }
-        if *name != primary {
-            foreign.push(name.to_string());
-        }
     }
     Ok(found)
 }
@@ -181,13 +175,11 @@ fn parse_ips(annotation: &str, value: &str) -> Result<Vec<IpAddr>, AnnotationErr
 pub fn parse(svc: &Service, namespace_labels: &Labels) -> Result<Parsed, AnnotationError> {
     let empty = BTreeMap::new();
     let annotations = svc.metadata.annotations.as_ref().unwrap_or(&empty);
-    let spec = svc.spec.clone().unwrap_or_default();
-    let mut foreign = Vec::new();
-    let pool =
-        annotation(annotations, POOL, POOL_ALIASES, &mut foreign)?.map(|(_, v)| v.to_string());
-    let requested = annotation(annotations, ADDRESSES, ADDRESSES_ALIASES, &mut foreign)?;
-    let key = annotation(annotations, ALLOW_SHARED_IP, SHARED_ALIASES, &mut foreign)?
-        .map(|(_, v)| Arc::from(v));
+    let no_spec = ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&no_spec);
+    let pool = annotation(annotations, POOL, POOL_ALIASES)?.map(|(_, v)| v.to_string());
+    let requested = annotation(annotations, ADDRESSES, ADDRESSES_ALIASES)?;
+    let key = annotation(annotations, ALLOW_SHARED_IP, SHARED_ALIASES)?.map(|(_, v)| Arc::from(v));
     let lb_ip = spec
         .load_balancer_ip
         .as_deref()
@@ -254,7 +246,6 @@ pub fn parse(svc: &Service, namespace_labels: &Labels) -> Result<Parsed, Annotat
             },
         },
         uses_load_balancer_ip,
-        foreign,
     })
 }
 
@@ -335,7 +326,6 @@ mod tests {
         assert!(
             matches!(&r.share.traffic, TrafficPolicy::Local { selector } if selector["app"] == "dns")
         );
-        assert!(p.foreign.is_empty());
 
         let m = parse(
             &svc(json!({"metadata": {"annotations": {"metallb.universe.tf/address-pool": "old", "metallb.io/loadBalancerIPs": "192.0.2.5"}}})),
@@ -346,13 +336,6 @@ mod tests {
         assert_eq!(
             m.request.addresses,
             ["192.0.2.5".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(
-            m.foreign,
-            [
-                "metallb.universe.tf/address-pool",
-                "metallb.io/loadBalancerIPs"
-            ]
         );
         // routelb's annotation wins over a foreign one.
         let w = parse(&svc(json!({"metadata": {"annotations": {POOL: "new", "purelb.io/service-group": "old"}}})), &Labels::new()).unwrap();

@@ -10,7 +10,6 @@
 pub mod model;
 pub mod routing;
 
-use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +27,6 @@ use crate::crd::AddressPool;
 use crate::dataplane::{Config, Running};
 use crate::events::{Note, Publisher};
 use crate::health::Health;
-use crate::ipam::ServiceKey;
 use crate::kubewatch::watch_into;
 use crate::service;
 
@@ -239,10 +237,13 @@ pub async fn run(
             );
             pending_events.extend(changes);
         }
-        let desired = model.desired();
-        if last_set.as_ref() != Some(&desired) {
-            dataplane.set(desired.clone());
-            last_set = Some(desired);
+        // What the node announces changes only with some Service's decision.
+        if last_set.is_none() || !pending_events.is_empty() {
+            let desired = model.desired();
+            if last_set.as_ref() != Some(&desired) {
+                dataplane.set(desired.clone());
+                last_set = Some(desired);
+            }
         }
         let first = !live;
         live = true;
@@ -391,14 +392,8 @@ fn apply(
             watcher::Event::Delete(s) => model.service_deleted(&service::key(&s)),
             watcher::Event::InitDone => {
                 synced[0] = true;
-                let present: HashSet<ServiceKey> =
-                    services.state().iter().map(|s| service::key(s)).collect();
-                let gone: Vec<ServiceKey> = model
-                    .service_keys()
-                    .into_iter()
-                    .filter(|k| !present.contains(k))
-                    .collect();
-                gone.iter().flat_map(|k| model.service_deleted(k)).collect()
+                let present = services.state().iter().map(|s| service::key(s)).collect();
+                model.services_relisted(&present)
             }
             watcher::Event::Init => Vec::new(),
         },
@@ -409,19 +404,12 @@ fn apply(
             }
             watcher::Event::InitDone => {
                 synced[1] = true;
-                let present: HashSet<(String, String)> = slices
+                let present = slices
                     .state()
                     .iter()
                     .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
                     .collect();
-                let gone: Vec<(String, String)> = model
-                    .slice_keys()
-                    .into_iter()
-                    .filter(|k| !present.contains(k))
-                    .collect();
-                gone.iter()
-                    .flat_map(|(ns, n)| model.slice_deleted(ns, n))
-                    .collect()
+                model.slices_relisted(&present)
             }
             watcher::Event::Init => Vec::new(),
         },
@@ -443,14 +431,8 @@ fn apply(
             watcher::Event::Delete(p) => model.pool_deleted(&p.name_any()),
             watcher::Event::InitDone => {
                 synced[3] = true;
-                let present: BTreeSet<String> =
-                    pools.state().iter().map(|p| p.name_any()).collect();
-                let gone: Vec<String> = model
-                    .pool_names()
-                    .into_iter()
-                    .filter(|p| !present.contains(p))
-                    .collect();
-                gone.iter().flat_map(|p| model.pool_deleted(p)).collect()
+                let present = pools.state().iter().map(|p| p.name_any()).collect();
+                model.pools_relisted(&present)
             }
             watcher::Event::Init => Vec::new(),
         },

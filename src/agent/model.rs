@@ -6,7 +6,7 @@
 //! changes recompute the Services they affect) and keeps reference counts so addresses
 //! shared by several Services stay announced while any of them wants them here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
-use crate::crd::{AddressPool, PoolMode};
+use crate::crd::{AddressPool, AggregationLength, PoolMode};
 use crate::dataplane::Desired;
 use crate::ipam::ServiceKey;
 use crate::netlink::Prefix;
@@ -53,11 +53,11 @@ impl Default for PoolFacts {
 
 impl PoolFacts {
     pub fn from_pool(p: &AddressPool) -> PoolFacts {
-        let agg = p.spec.aggregation_length.clone().unwrap_or_default();
+        let (aggregation_v4, aggregation_v6) = AggregationLength::of(&p.spec);
         PoolFacts {
             mode: p.spec.mode,
-            aggregation_v4: agg.ipv4.unwrap_or(32).min(32),
-            aggregation_v6: agg.ipv6.unwrap_or(128).min(128),
+            aggregation_v4,
+            aggregation_v6,
         }
     }
 
@@ -202,25 +202,39 @@ impl Model {
         self.decided.get(key)
     }
 
-    /// Keys of the Services the model holds.
-    pub fn service_keys(&self) -> Vec<ServiceKey> {
-        self.services.keys().cloned().collect()
+    /// A relist finished: Services missing from it were deleted while the watch was down.
+    pub fn services_relisted(&mut self, present: &HashSet<ServiceKey>) -> Vec<Change> {
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        gone.iter().flat_map(|k| self.service_deleted(k)).collect()
     }
 
-    /// Keys of the EndpointSlices the model holds, as (namespace, slice name).
-    pub fn slice_keys(&self) -> Vec<(String, String)> {
-        self.ready
+    /// A relist finished: EndpointSlices, as (namespace, name), missing from it are gone.
+    pub fn slices_relisted(&mut self, present: &HashSet<(String, String)>) -> Vec<Change> {
+        let gone: Vec<(String, String)> = self
+            .ready
             .iter()
             .flat_map(|(k, slices)| slices.keys().map(|s| (k.namespace.clone(), s.clone())))
+            .filter(|k| !present.contains(k))
+            .collect();
+        gone.iter()
+            .flat_map(|(ns, n)| self.slice_deleted(ns, n))
             .collect()
     }
 
-    pub fn pool_names(&self) -> Vec<String> {
-        self.pools.keys().cloned().collect()
-    }
-
-    pub fn has_node(&self) -> bool {
-        self.node.is_some()
+    /// A relist finished: pools missing from it were deleted while the watch was down.
+    pub fn pools_relisted(&mut self, present: &HashSet<String>) -> Vec<Change> {
+        let gone: Vec<String> = self
+            .pools
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        gone.iter().flat_map(|p| self.pool_deleted(p)).collect()
     }
 
     fn recompute(&mut self, key: &ServiceKey) -> Option<Change> {

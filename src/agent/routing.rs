@@ -63,7 +63,6 @@ pub struct RoutingStatus {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_good_reload: Option<SystemTime>,
-    pub last_error: Option<String>,
 }
 
 /// Something the routing configuration depends on changed.
@@ -313,7 +312,6 @@ async fn run(
                 );
                 set(&|s| {
                     s.state = format!("keeping the last good configuration: {why}");
-                    s.last_error = Some(why.clone());
                 });
                 continue;
             }
@@ -351,7 +349,6 @@ async fn run(
                     s.reachable = true;
                     s.reloads_ok += 1;
                     s.last_good_reload = Some(SystemTime::now());
-                    s.last_error = None;
                     s.state = format!("{name} reloaded");
                 });
             }
@@ -362,7 +359,6 @@ async fn run(
                     s.daemon = Some(name);
                     s.reachable = false;
                     s.state = format!("{name} unreachable: {why}");
-                    s.last_error = Some(why.clone());
                 });
             }
             Err(e) => {
@@ -374,7 +370,6 @@ async fn run(
                     s.daemon = Some(name);
                     s.reloads_failed += 1;
                     s.state = format!("keeping the last good {name} configuration: {why}");
-                    s.last_error = Some(why.clone());
                 });
                 report(
                     &publisher,

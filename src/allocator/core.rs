@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::crd::{AddressPool, AddressPoolStatus, FamilyUsage};
-use crate::ipam::{Allocation, Ipam, PoolConfig, ServiceKey, ServiceRequest};
+use crate::ipam::{Allocation, Assignment, Ipam, PoolConfig, ServiceKey, ServiceRequest};
 use crate::selector::Labels;
 use crate::service::{self, Handling};
 
@@ -198,9 +198,14 @@ impl Core {
         self.pending.iter().map(|(_, _, k)| k.clone()).collect()
     }
 
-    /// Handled Services known to the core.
-    pub fn service_keys(&self) -> Vec<ServiceKey> {
-        self.services.keys().cloned().collect()
+    /// How many Services wait for an address.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// How many handled Services the core knows.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
     }
 
     /// Names of pools known to the core.
@@ -224,8 +229,7 @@ impl Core {
     /// Runs pending retries, then hands over the effects.
     fn finish(&mut self) -> Vec<Effect> {
         while std::mem::take(&mut self.retry) {
-            let waiting: Vec<ServiceKey> = self.pending.iter().map(|(_, _, k)| k.clone()).collect();
-            for key in waiting {
+            for key in self.pending() {
                 if let Some(svc) = self.services.get(&key).cloned() {
                     self.handle(&svc);
                 }
@@ -309,8 +313,7 @@ impl Core {
                 _ => self.unhandled(svc),
             }
         }
-        let names: Vec<String> = self.pools.keys().cloned().collect();
-        for p in names {
+        for p in self.pool_names() {
             self.emit(Effect::PoolStatus(p));
         }
         self.finish()
@@ -366,13 +369,15 @@ impl Core {
         self.finish()
     }
 
-    /// Forgets a deleted Service and frees what it held.
-    fn drop_service(&mut self, key: &ServiceKey) {
+    /// Forgets a Service and frees what it held; returns what was released.
+    fn drop_service(&mut self, key: &ServiceKey) -> Option<Assignment> {
         self.forget(key);
-        if let Some(a) = self.ipam.release(key) {
-            self.emit(Effect::PoolStatus(a.pool));
+        let released = self.ipam.release(key);
+        if let Some(a) = &released {
+            self.emit(Effect::PoolStatus(a.pool.clone()));
             self.retry = true;
         }
+        released
     }
 
     /// A relist finished: handled Services missing from it were deleted while the watch
@@ -427,13 +432,9 @@ impl Core {
 
     /// A Service routelb does not (or no longer) handle: release what it held.
     fn unhandled(&mut self, svc: &Service) {
-        let key = service::key(svc);
-        self.forget(&key);
-        let released = self.ipam.release(&key);
+        let released = self.drop_service(&service::key(svc));
         let marked = service::allocated_from(svc).is_some();
         if let Some(a) = &released {
-            self.emit(Effect::PoolStatus(a.pool.clone()));
-            self.retry = true;
             let why = match service::handling(svc, self.settings.handle_class_less) {
                 Handling::NotLoadBalancer => {
                     "the Service is no longer of type LoadBalancer".to_string()
@@ -479,17 +480,8 @@ impl Core {
         let parsed = match service::parse(svc, &self.ns_labels(svc)) {
             Ok(p) => p,
             Err(e) => {
-                let note = e.to_string();
                 self.unpend(&key);
-                if self.last_failure.get(&key) != Some(&note) {
-                    self.last_failure.insert(key.clone(), note.clone());
-                    self.event(
-                        Regarding::service(svc),
-                        true,
-                        reason::INVALID_ANNOTATION,
-                        note,
-                    );
-                }
+                self.report_failure(svc, reason::INVALID_ANNOTATION, e.to_string(), None);
                 if let Some(a) = self.ipam.assignment(&key) {
                     self.publish(svc, &a.addresses, Some(&a.pool));
                 }
@@ -538,11 +530,7 @@ impl Core {
                     ),
                     None => e.to_string(),
                 };
-                if self.last_failure.get(&key) != Some(&note) {
-                    self.last_failure.insert(key.clone(), note.clone());
-                    self.event(Regarding::service(svc), true, reason::FAILED, note);
-                    self.emit(Effect::Count(Outcome::Failed { reason: e.reason() }));
-                }
+                self.report_failure(svc, reason::FAILED, note, Some(e.reason()));
                 if e.may_clear() {
                     self.pend(svc);
                 } else {
@@ -605,15 +593,29 @@ impl Core {
                 list(&outside)
             )
         };
-        if self.last_failure.get(&key) != Some(&note) {
-            self.last_failure.insert(key.clone(), note.clone());
-            self.event(Regarding::service(svc), true, reason::NOT_IN_POOL, note);
-            self.emit(Effect::Count(Outcome::Failed {
-                reason: "address_not_in_pool",
-            }));
-        }
+        self.report_failure(svc, reason::NOT_IN_POOL, note, Some("address_not_in_pool"));
         self.pend(svc);
         true
+    }
+
+    /// Reports a Service's problem once per distinct note: a Warning Event and, when
+    /// `count` names a reason, the failures metric.
+    fn report_failure(
+        &mut self,
+        svc: &Service,
+        reason: &'static str,
+        note: String,
+        count: Option<&'static str>,
+    ) {
+        let key = service::key(svc);
+        if self.last_failure.get(&key) == Some(&note) {
+            return;
+        }
+        self.last_failure.insert(key, note.clone());
+        self.event(Regarding::service(svc), true, reason, note);
+        if let Some(reason) = count {
+            self.emit(Effect::Count(Outcome::Failed { reason }));
+        }
     }
 
     fn report_assignment(
@@ -737,13 +739,10 @@ impl Core {
 
     /// A Namespace was created or its labels changed.
     pub fn namespace_applied(&mut self, ns: &Namespace) -> Vec<Effect> {
-        let labels = ns.labels().clone();
-        if self.namespaces.get(&ns.name_any()) != Some(&labels) {
-            self.namespaces.insert(ns.name_any(), labels);
-            self.retry = self
-                .pending
-                .iter()
-                .any(|(_, _, k)| k.namespace == ns.name_any());
+        let (name, labels) = (ns.name_any(), ns.labels().clone());
+        if self.namespaces.get(&name) != Some(&labels) {
+            self.retry = self.pending.iter().any(|(_, _, k)| k.namespace == name);
+            self.namespaces.insert(name, labels);
         }
         self.finish()
     }

@@ -102,7 +102,7 @@ fn pool_gauges(core: &Core) {
         "routelb_services_pending",
         "Services waiting for an address.",
         &[],
-        core.pending().len() as f64,
+        core.pending_count() as f64,
     );
 }
 
@@ -203,15 +203,14 @@ pub async fn run(
                     client.clone(),
                     &opts,
                     publisher.clone(),
-                    services.clone(),
                     &services,
                     &pools,
                     &namespaces,
                 );
                 tracing::info!(
-                    services = s.core.service_keys().len(),
+                    services = s.core.service_count(),
                     pools = s.core.pool_names().len(),
-                    pending = s.core.pending().len(),
+                    pending = s.core.pending_count(),
                     took_ms = started.elapsed().as_millis() as u64,
                     "leading: restored assignments and allocated"
                 );
@@ -265,12 +264,11 @@ impl Session {
         client: Client,
         opts: &Options,
         publisher: Publisher,
-        service_cache: Store<Service>,
         services: &Store<Service>,
         pools: &Store<AddressPool>,
         namespaces: &Store<Namespace>,
     ) -> Session {
-        let writer = Arc::new(ServiceWriter::new(client.clone(), service_cache));
+        let writer = Arc::new(ServiceWriter::new(client.clone(), services.clone()));
         let workers = (0..opts.write_concurrency.max(1))
             .map(|_| tokio::spawn(writer.clone().work()))
             .collect();
@@ -434,7 +432,7 @@ struct Desired {
 
 #[derive(Default)]
 struct Queue {
-    desired: HashMap<ServiceKey, (Desired, Option<u64>)>,
+    desired: HashMap<ServiceKey, Desired>,
     order: VecDeque<ServiceKey>,
     queued: HashSet<ServiceKey>,
     in_flight: HashSet<ServiceKey>,
@@ -482,7 +480,7 @@ impl ServiceWriter {
         {
             return;
         }
-        q.desired.insert(key.clone(), (desired, observed));
+        q.desired.insert(key.clone(), desired);
         if !q.in_flight.contains(&key) && q.queued.insert(key.clone()) {
             q.order.push_back(key);
             drop(q);
@@ -507,7 +505,7 @@ impl ServiceWriter {
                 continue;
             };
             let mut retry = false;
-            if let Some((desired, _)) = desired {
+            if let Some(desired) = desired {
                 match self.write(&key, &desired).await {
                     Ok(Some(rv)) => {
                         self.lock().written.insert(key.clone(), (desired, rv));
@@ -522,7 +520,7 @@ impl ServiceWriter {
                         );
                         tracing::warn!(service = %key, error = %e, "writing Service status failed; retrying");
                         let mut q = self.lock();
-                        q.desired.entry(key.clone()).or_insert((desired, None));
+                        q.desired.entry(key.clone()).or_insert(desired);
                         retry = true;
                     }
                 }

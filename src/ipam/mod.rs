@@ -208,11 +208,6 @@ impl Ipam {
         (affected, conflicts)
     }
 
-    /// Names of all pools.
-    pub fn pool_names(&self) -> impl Iterator<Item = &str> {
-        self.pools.keys().map(|k| &**k)
-    }
-
     /// A pool's configuration.
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.get(name).map(|p| &p.cfg)
@@ -451,11 +446,6 @@ impl Ipam {
         all
     }
 
-    /// Number of Services with an assignment.
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
     /// The Services holding an address.
     pub fn holders(&self, addr: IpAddr) -> &[ServiceKey] {
         self.addrs.get(&addr).map_or(&[], |e| &e.holders)
@@ -590,7 +580,7 @@ impl Ipam {
                         changed: true,
                     }),
                     Err(e) => {
-                        self.reinstate(&req.key, old);
+                        self.insert_service(&req.key, old);
                         Err(e)
                     }
                 }
@@ -701,11 +691,6 @@ impl Ipam {
             }
             self.addrs.get_mut(&addr).expect("held").key = share.key.clone();
         }
-    }
-
-    /// Puts back an assignment released by a failed re-allocation, exactly as it was.
-    fn reinstate(&mut self, key: &ServiceKey, old: ServiceEntry) {
-        self.insert_service(key, old);
     }
 
     /// Records a Service's entry: holds its addresses and indexes it by pool.
@@ -1032,16 +1017,7 @@ impl Ipam {
             }
             return;
         }
-        let family = Family::of(addr);
-        let covering = self.covering_active(addr).map(|p| p.name.clone());
-        if let Some(name) = covering {
-            let p = self.pools.get_mut(&name).expect("active pool");
-            if let Some(i) = p.cfg.index_map(family).index(addr_value(addr))
-                && let Some(free) = p.free[family.idx()].as_mut()
-            {
-                free.remove(i);
-            }
-        }
+        self.set_free(addr, false);
         self.addrs.insert(
             addr,
             AddrEntry {
@@ -1072,14 +1048,23 @@ impl Ipam {
                 self.by_share_key.remove(k);
             }
         }
+        self.set_free(addr, true);
+    }
+
+    /// Marks `addr` free or taken in the free set of the active pool covering it.
+    fn set_free(&mut self, addr: IpAddr, free: bool) {
         let family = Family::of(addr);
         let covering = self.covering_active(addr).map(|p| p.name.clone());
         if let Some(name) = covering {
             let p = self.pools.get_mut(&name).expect("active pool");
             if let Some(i) = p.cfg.index_map(family).index(addr_value(addr))
-                && let Some(free) = p.free[family.idx()].as_mut()
+                && let Some(set) = p.free[family.idx()].as_mut()
             {
-                free.insert(i);
+                if free {
+                    set.insert(i);
+                } else {
+                    set.remove(i);
+                }
             }
         }
     }

@@ -140,15 +140,6 @@ impl PoolConfig {
         self.ranges.get(i).is_some_and(|r| r.contains(addr))
     }
 
-    /// Whether `addr` is one the pool may hand out.
-    pub fn covers(&self, addr: IpAddr) -> bool {
-        let family = Family::of(addr);
-        self.contains(addr)
-            && !self
-                .index_map(family)
-                .excluded(super::range::addr_value(addr))
-    }
-
     /// Number of assignable addresses of a family, saturating.
     pub fn size(&self, family: Family) -> u128 {
         let map = self.index_map(family);

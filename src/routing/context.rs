@@ -9,7 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::crd::{AddressPoolSpec, BGPPeerSpec, Daemon, PoolMode, RouterConfigSpec, SecretKeyRef};
+use crate::crd::{
+    AddressPoolSpec, AggregationLength, BGPPeerSpec, Daemon, PoolMode, RouterConfigSpec,
+    SecretKeyRef,
+};
 use crate::ipam::range::{AddrRange, Family, parse_entry};
 use crate::netlink::Prefix;
 use crate::selector::{Labels, Selector};
@@ -332,14 +335,14 @@ pub fn build(
                 }
             }
         }
-        let agg = spec.aggregation_length.clone().unwrap_or_default();
+        let (aggregation4, aggregation6) = AggregationLength::of(spec);
         ctx_pools.push(PoolCtx {
             name: name.clone(),
             id: ident("pool", name),
             prefixes4: prefixes.0,
             prefixes6: prefixes.1,
-            aggregation4: agg.ipv4.unwrap_or(32).min(32),
-            aggregation6: agg.ipv6.unwrap_or(128).min(128),
+            aggregation4,
+            aggregation6,
             communities,
             large_communities: large,
             local_preference: bgp.local_preference,
