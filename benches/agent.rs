@@ -19,8 +19,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use nix::sched::{CloneFlags, setns};
-use routelb::crd::{AddressPool, AddressPoolSpec};
-use routelb::netlink::{Monitor, Notification};
+use routelb::kernel::netlink::Monitor;
+use routelb_core::crd::{AddressPool, AddressPoolSpec};
+use routelb_core::net::Notification;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -84,7 +85,7 @@ async fn main() {
 
     let server = FakeApiServer::start().await.unwrap();
     let client = server.client().unwrap();
-    for crd in routelb::crd::crds() {
+    for crd in routelb_core::crd::crds() {
         Api::<CustomResourceDefinition>::all(client.clone())
             .create(&PostParams::default(), &crd)
             .await

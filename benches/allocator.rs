@@ -15,8 +15,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
-use routelb::allocator::core::{Core, Settings};
-use routelb::crd::{AddressPool, AddressPoolSpec};
+use routelb_core::allocation::{Core, Settings};
+use routelb_core::crd::{AddressPool, AddressPoolSpec};
 use serde_json::json;
 
 struct Proc(Child);
@@ -103,7 +103,7 @@ async fn count_assigned(api: &Api<Service>) -> usize {
         .unwrap()
         .items
         .iter()
-        .filter(|s| !routelb::service::ingress_ips(s).is_empty())
+        .filter(|s| !routelb_core::service::ingress_ips(s).is_empty())
         .count()
 }
 
@@ -121,7 +121,7 @@ async fn main() {
         .unwrap();
     let client = server.client().unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in routelb::crd::crds() {
+    for crd in routelb_core::crd::crds() {
         crds.create(&PostParams::default(), &crd).await.unwrap();
     }
     let ns: Namespace =

@@ -12,8 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
-use routelb::dataplane::{Config, Dataplane, Desired, VipMode};
-use routelb::netlink::Prefix;
+use routelb::kernel::{Config, Dataplane};
+use routelb_core::net::Prefix;
+use routelb_core::net::{NodeState as Desired, VipMode};
 
 struct Ns(String);
 

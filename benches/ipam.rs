@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use routelb::ipam::range::{Family, addr_value};
-use routelb::ipam::{Ipam, PoolConfig, ServiceKey, ServiceRequest};
+use routelb_core::ipam::range::{Family, addr_value};
+use routelb_core::ipam::{Ipam, PoolConfig, ServiceKey, ServiceRequest};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;

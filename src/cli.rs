@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use routelb_core::net::{LinkKind, VipMode};
+use routelb_core::routing::ContractFlags;
 
 /// Linux-native LoadBalancer for Kubernetes on bare metal.
 ///
@@ -44,7 +46,7 @@ pub enum Command {
     Allocator(AllocatorArgs),
     /// Make this node announce the Services it should: addresses on kube-lb0, routes in
     /// the routelb table, routing-daemon configuration (runs as a DaemonSet).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Render a routing-daemon template (BIRD or FRR) from a context file, offline, to
     /// check an edited template.
     Render(RenderArgs),
@@ -148,35 +150,72 @@ pub struct AgentArgs {
 }
 
 /// Where the agent's dataplane writes (shared by `agent` and `cleanup`).
+///
+/// The RouterConfig that selects the node sets the interface, table and protocol; these
+/// flags apply only where no RouterConfig sets them (and to `cleanup`).
 #[derive(Clone, Debug, Args)]
 pub struct DataplaneArgs {
-    /// Interface holding the Service addresses.
-    #[arg(long, default_value = "kube-lb0")]
-    pub interface: String,
-    /// Kernel routing table for announced prefixes.
-    #[arg(long, default_value_t = 200)]
-    pub route_table: u32,
-    /// Route protocol number marking routelb's routes.
-    #[arg(long, default_value_t = 249)]
-    pub route_protocol: u8,
+    /// Interface holding the Service addresses (default kube-lb0), where no RouterConfig
+    /// sets spec.interface.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Kernel routing table for announced prefixes (default 200), where no RouterConfig
+    /// sets spec.routeTable.
+    #[arg(long)]
+    pub route_table: Option<u32>,
+    /// Route protocol number marking routelb's routes (default 249), where no RouterConfig
+    /// sets spec.routeProtocol.
+    #[arg(long)]
+    pub route_protocol: Option<u8>,
     /// Link type of the interface: dummy, or an empty bridge where the kernel has no dummy
     /// support (auto tries dummy first).
-    #[arg(long, value_enum, default_value_t = crate::dataplane::LinkKind::Auto)]
-    pub lb_link_kind: crate::dataplane::LinkKind,
+    #[arg(long, value_enum, default_value_t = LinkKindArg::Auto)]
+    pub lb_link_kind: LinkKindArg,
     /// How the node accepts Service traffic: addresses on the interface, or local routes
     /// (linear in the kernel, for nodes with thousands of addresses).
-    #[arg(long, value_enum, default_value_t = crate::dataplane::VipMode::Address)]
-    pub vip_mode: crate::dataplane::VipMode,
+    #[arg(long, value_enum, default_value_t = VipModeArg::Address)]
+    pub vip_mode: VipModeArg,
+}
+
+/// `--lb-link-kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LinkKindArg {
+    /// `dummy`, falling back to an empty bridge where the kernel has no dummy support.
+    Auto,
+    Dummy,
+    Bridge,
+}
+
+/// `--vip-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VipModeArg {
+    /// The address on kube-lb0: fine for hundreds, O(n²) in the kernel for many thousands.
+    Address,
+    /// A `local` route per address in the local table: linear.
+    LocalRoute,
 }
 
 impl DataplaneArgs {
-    pub fn config(&self) -> crate::dataplane::Config {
-        crate::dataplane::Config {
+    pub fn flags(&self) -> ContractFlags {
+        ContractFlags {
             interface: self.interface.clone(),
             table: self.route_table,
             protocol: self.route_protocol,
-            link_kind: self.lb_link_kind,
-            vip_mode: self.vip_mode,
+        }
+    }
+
+    pub fn link_kind(&self) -> LinkKind {
+        match self.lb_link_kind {
+            LinkKindArg::Auto => LinkKind::Auto,
+            LinkKindArg::Dummy => LinkKind::Dummy,
+            LinkKindArg::Bridge => LinkKind::Bridge,
+        }
+    }
+
+    pub fn vip_mode(&self) -> VipMode {
+        match self.vip_mode {
+            VipModeArg::Address => VipMode::Address,
+            VipModeArg::LocalRoute => VipMode::LocalRoute,
         }
     }
 }
@@ -228,7 +267,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds => {
-            let yaml = crate::crd::crds_yaml()?;
+            let yaml = routelb_core::crd::crds_yaml()?;
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -239,27 +278,42 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Render(args) => {
-            let text = crate::routing::render_files(&args.template, &args.context)?;
+            let text = render_files(&args.template, &args.context)?;
             std::io::stdout().lock().write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+/// Renders a template file with a context file (JSON or YAML): `routelb render`.
+pub fn render_files(
+    template: &std::path::Path,
+    context: &std::path::Path,
+) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(template)
+        .with_context(|| format!("read {}", template.display()))?;
+    let raw =
+        std::fs::read_to_string(context).with_context(|| format!("read {}", context.display()))?;
+    let ctx = routelb_core::routing::parse_context(&raw)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", context.display()))?;
+    Ok(routelb_core::routing::render(&text, &ctx)?)
+}
+
 fn cleanup(args: &DataplaneArgs) -> anyhow::Result<ExitCode> {
-    let report = crate::dataplane::Dataplane::cleanup(&args.config())?;
+    let contract = args.flags().fallback();
+    let report = crate::kernel::Dataplane::cleanup(&contract)?;
     for e in &report.errors {
         eprintln!("routelb cleanup: {e}");
     }
     if report.removed == 0 && report.errors.is_empty() {
         println!(
             "nothing to clean up: no {} and no routes in table {} with protocol {}",
-            args.interface, args.route_table, args.route_protocol
+            contract.interface, contract.table, contract.protocol
         );
     } else {
         println!(
             "removed {} entries (addresses, routes, {})",
-            report.removed, args.interface
+            report.removed, contract.interface
         );
     }
     Ok(if report.errors.is_empty() {
@@ -270,21 +324,7 @@ fn cleanup(args: &DataplaneArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A kube client from `--kubeconfig`, else the usual inference.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("use kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("find a Kubernetes configuration (set --kubeconfig or KUBECONFIG)")?,
-    };
-    kube::Client::try_from(config).context("build the Kubernetes client")
-}
+pub use crate::k8s::client;
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
@@ -307,7 +347,9 @@ async fn agent(kubeconfig: Option<&std::path::Path>, args: &AgentArgs) -> anyhow
     let opts = crate::agent::Options {
         node_name: args.node_name.clone(),
         handle_class_less: !args.ignore_class_less,
-        dataplane: args.dataplane.config(),
+        flags: args.dataplane.flags(),
+        link_kind: args.dataplane.link_kind(),
+        vip_mode: args.dataplane.vip_mode(),
         resync: Duration::from_secs(args.resync_interval.max(1)),
         netns: args.netns.clone(),
         events_per_second: args.events_per_second.max(0.1),
@@ -350,14 +392,14 @@ async fn allocator(
     });
     let lease = Duration::from_secs(args.lease_duration.max(3));
     let opts = crate::allocator::Options {
-        settings: crate::allocator::core::Settings {
+        settings: routelb_core::allocation::Settings {
             handle_class_less: !args.ignore_class_less,
             ..Default::default()
         },
         lease_namespace: args.lease_namespace.clone(),
         lease_name: args.lease_name.clone(),
         identity: identity.clone(),
-        timing: crate::leader::Timing {
+        timing: crate::k8s::leader::Timing {
             lease_duration: lease,
             renew_deadline: lease * 2 / 3,
             retry_period: (lease / 7).max(Duration::from_millis(200)),
@@ -389,5 +431,19 @@ mod tests {
             let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
             assert!(about.len() > 20, "{} needs a help text", sub.get_name());
         }
+    }
+
+    #[test]
+    fn deploy_crds_yaml_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds.yaml");
+        let wanted = routelb_core::crd::crds_yaml().unwrap();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &wanted).unwrap();
+        }
+        let shipped = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            shipped == wanted,
+            "deploy/crds.yaml is stale: run `cargo run -- crds > deploy/crds.yaml` (or UPDATE_GOLDEN=1 cargo test)"
+        );
     }
 }

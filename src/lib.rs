@@ -1,21 +1,19 @@
 //! routelb: a Linux-native LoadBalancer for Kubernetes on bare metal.
 //!
-//! The library is split along the I/O boundary. Pure modules ([`ipam`], [`selector`],
-//! [`crd`] types) never see a kube client or a netlink socket; the subcommands in
-//! [`cli`] wire them to the outside world.
+//! The decisions live in the pure [`routelb_core`] crate; this crate is the I/O around
+//! them, one room per kind of I/O:
+//!
+//! - [`k8s`]: watches feeding one input stream, Events, leader election and its fence.
+//! - [`kernel`]: netlink behind a small trait, the dataplane and its thread.
+//! - [`daemon`]: the routing daemons (BIRD, FRR) behind one trait.
+//! - [`allocator`], [`agent`]: the two components' shells: read, decide (core), write.
+//! - [`cli`], [`health`], [`metrics`]: the binary, probes and `/metrics`.
 
 pub mod agent;
 pub mod allocator;
 pub mod cli;
-pub mod crd;
-pub mod dataplane;
-pub mod events;
+pub mod daemon;
 pub mod health;
-pub mod ipam;
-pub mod kubewatch;
-pub mod leader;
+pub mod k8s;
+pub mod kernel;
 pub mod metrics;
-pub mod netlink;
-pub mod routing;
-pub mod selector;
-pub mod service;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use lab::{Kind, Lab, Options};
 use nix::sched::{CloneFlags, setns};
-use routelb::netlink::{Netlink, Op, Prefix, Route};
+use routelb::kernel::netlink::Netlink;
+use routelb_core::net::{Op, Prefix, Route};
 
 /// Adds (or removes) a route to table 200 with routelb's protocol on every node at once,
 /// over netlink from one thread per node: the routing daemons' floor, without routelb.

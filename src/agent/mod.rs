@@ -1,41 +1,53 @@
-//! `routelb agent`: the I/O around [`model::Model`] on one node.
+//! `routelb agent`: the shell around [`routelb_core::node::Model`] on one node.
 //!
-//! Watches Services, EndpointSlices, its own Node and the AddressPools; once every cache
-//! has synced, hands the model's desired state to the dataplane, which reconciles the
-//! kernel (coalescing bursts). Until then nothing is touched, so a restarting agent
-//! withdraws nothing; while the API server is unreachable the caches, and so the kernel,
-//! stay as they were. Events (`Announcing`, `Withdrawn`) are sent on changes only, at a
-//! bounded rate.
+//! One set of watches (Services, EndpointSlices, its own Node, AddressPools,
+//! RouterConfigs, BGPPeers, the BGP password Secrets) feeds one loop. Once every cache
+//! has synced, the loop decides (pure) what the node announces and under which kernel
+//! contract, and hands both to the dataplane ([`crate::kernel::Running`]), which
+//! reconciles the kernel; the routing task ([`routing`]) renders the daemon's
+//! configuration from the same decision. Until then nothing is touched, so a restarting
+//! agent withdraws nothing; while the API server is unreachable the caches, and so the
+//! kernel, stay as they were.
+//!
+//! The kernel contract (interface, table, protocol) comes from the RouterConfig that
+//! selects the node, the flags where it sets nothing. When it changes, the dataplane
+//! keeps the contract the daemon still reads programmed beside the new one; the routing
+//! task reloads the daemon only once the new one is filled, and the old one is emptied
+//! only once the daemon reads the new one: the routers never see a withdrawal.
 
-pub mod model;
 pub mod routing;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
-use tokio::sync::{mpsc, watch};
+use kube::{Client, ResourceExt};
+use routelb_core::crd::{AddressPool, BGPPeer, RouterConfig};
+use routelb_core::index::Feed;
+use routelb_core::net::{KernelContract, LinkKind, NodeState, VipMode};
+use routelb_core::node::{Change, Decision, Model};
+use routelb_core::report::{Once, Regarding};
+use routelb_core::routing::ContractFlags;
+use tokio::sync::watch;
 
-use self::model::{Change, Decision, Model};
-use crate::crd::AddressPool;
-use crate::dataplane::{Config, Running};
-use crate::events::{Note, Publisher};
 use crate::health::Health;
-use crate::kubewatch::watch_into;
-use crate::service;
+use crate::k8s::events::{Note, Publisher};
+use crate::k8s::watch::{Input, Watches};
+use crate::kernel::{Config, Running};
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub node_name: String,
     pub handle_class_less: bool,
-    pub dataplane: Config,
+    /// The kernel contract where no RouterConfig sets it (`--interface`, ...).
+    pub flags: ContractFlags,
+    pub link_kind: LinkKind,
+    pub vip_mode: VipMode,
     /// Full look at the kernel this often, besides notifications.
     pub resync: Duration,
     /// Program another network namespace's kernel (labs and tests).
@@ -51,7 +63,9 @@ impl Options {
         Options {
             node_name: node_name.to_string(),
             handle_class_less: true,
-            dataplane: Config::default(),
+            flags: ContractFlags::default(),
+            link_kind: LinkKind::Auto,
+            vip_mode: VipMode::Address,
             resync: Duration::from_secs(60),
             netns: None,
             events_per_second: 10.0,
@@ -60,46 +74,46 @@ impl Options {
     }
 }
 
-enum Input {
-    Service(watcher::Event<Service>),
-    Slice(watcher::Event<EndpointSlice>),
-    Node(Box<watcher::Event<Node>>),
-    Pool(watcher::Event<AddressPool>),
+/// The caches the routing configuration is rendered from.
+#[derive(Clone, Debug)]
+pub struct RoutingStores {
+    pub configs: Store<RouterConfig>,
+    pub peers: Store<BGPPeer>,
+    pub pools: Store<AddressPool>,
+    pub secrets: Store<Secret>,
+    pub nodes: Store<Node>,
 }
 
-/// A token bucket for Events.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
-    dropped: u64,
+/// Where routing stands for this node: the RouterConfig that governs it and the kernel
+/// contract, decided once in the agent's loop for both the dataplane and the daemon.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub router: Option<Arc<RouterConfig>>,
+    pub contract: KernelContract,
+    /// Bumped when any input of the routing configuration changed.
+    pub generation: u64,
 }
 
-impl Bucket {
-    fn new(rate: f64) -> Bucket {
-        let burst = (rate * 10.0).max(1.0);
-        Bucket {
-            tokens: burst,
-            rate,
-            burst,
-            at: Instant::now(),
-            dropped: 0,
-        }
-    }
+/// One feed per watched kind.
+#[derive(Debug, Default)]
+struct Feeds {
+    services: Feed,
+    slices: Feed,
+    node: Feed,
+    pools: Feed,
+    configs: Feed,
+    peers: Feed,
+    secrets: Feed,
+}
 
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            self.dropped += 1;
-            false
-        }
+impl Feeds {
+    fn synced(&self, routing: bool) -> bool {
+        let model = self.services.synced()
+            && self.slices.synced()
+            && self.node.synced()
+            && self.pools.synced()
+            && self.configs.synced();
+        model && (!routing || (self.peers.synced() && self.secrets.synced()))
     }
 }
 
@@ -148,6 +162,30 @@ fn describe(node: &str, c: &Change, table: u32) -> Option<(&'static str, String)
     }
 }
 
+/// The agent's state between inputs.
+struct Agent {
+    opts: Options,
+    model: Model,
+    feeds: Feeds,
+    stores: RoutingStores,
+    dataplane: Running,
+    publisher: Publisher,
+    /// What routing decided last, shared with the routing task.
+    plan: watch::Sender<Plan>,
+    /// Whether a routing input changed since the plan was last decided.
+    routing_dirty: bool,
+    /// The contracts the routing daemon may be reading (from the routing task).
+    reads: watch::Receiver<Vec<KernelContract>>,
+    /// The contracts last given to the dataplane.
+    contracts: Vec<KernelContract>,
+    /// The node state last given to the dataplane.
+    state: Option<NodeState>,
+    pending: Vec<Change>,
+    /// Addresses the kernel had at start (an earlier run's): no news on the first pass.
+    adopted: Option<BTreeSet<IpAddr>>,
+    reported: Once<&'static str>,
+}
+
 /// Runs the agent until `shutdown` turns true. The kernel keeps its state on exit.
 pub async fn run(
     client: Client,
@@ -155,132 +193,305 @@ pub async fn run(
     health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (netns, cfg, resync) = (opts.netns.clone(), opts.dataplane.clone(), opts.resync);
+    let cfg = Config {
+        contract: opts.flags.fallback(),
+        link_kind: opts.link_kind,
+        vip_mode: opts.vip_mode,
+    };
+    let (netns, resync) = (opts.netns.clone(), opts.resync);
     let dataplane =
         tokio::task::spawn_blocking(move || Running::start_in(netns.as_deref(), cfg, resync))
             .await??;
-    let started = dataplane.status();
-    if let Some(kind) = started.fallback {
-        tracing::warn!(interface = %started.interface, kind, "no dummy link support in this kernel; kube-lb0 is an empty bridge");
-    }
-    let (tx, mut inputs) = mpsc::channel::<Input>(4096);
-    let services = watch_into(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        tx.clone(),
-        Input::Service,
+    let (watches, mut inputs) = Watches::new(client.clone());
+    let secrets_namespace = opts
+        .routing
+        .as_ref()
+        .map_or("routelb-system", |r| r.secrets_namespace.as_str())
+        .to_string();
+    let stores = RoutingStores {
+        configs: watches.all(Input::RouterConfig),
+        peers: watches.all(Input::Peer),
+        pools: watches.all(Input::Pool),
+        secrets: watches.namespaced(&secrets_namespace, Input::Secret),
+        nodes: watches.named(&opts.node_name, Input::Node),
+    };
+    let _ = watches.all(Input::Service);
+    let _ = watches.all(Input::Slice);
+    let publisher = Publisher::start(
+        client,
+        "routelb.io/agent",
+        &opts.node_name,
+        Some(opts.events_per_second),
     );
-    let slices = watch_into(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default(),
-        tx.clone(),
-        Input::Slice,
-    );
-    let node_cfg = watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name));
-    let nodes = watch_into(
-        Api::<Node>::all(client.clone()),
-        node_cfg,
-        tx.clone(),
-        |e| Input::Node(Box::new(e)),
-    );
-    let pools = watch_into(
-        Api::<AddressPool>::all(client.clone()),
-        watcher::Config::default(),
-        tx,
-        Input::Pool,
-    );
-    let publisher = Publisher::start(client.clone(), "routelb.io/agent", &opts.node_name);
+    let (plan, plan_rx) = watch::channel(Plan {
+        contract: opts.flags.fallback(),
+        ..Plan::default()
+    });
     let routing_status = routing::status();
-    if let Some(r) = &opts.routing {
-        routing::spawn(
-            client.clone(),
+    let reads = match &opts.routing {
+        Some(r) => routing::spawn(
             opts.node_name.clone(),
             r.clone(),
+            routing::Inputs {
+                stores: stores.clone(),
+                plan: plan_rx,
+                programmed: dataplane.programmed(),
+            },
+            opts.flags.fallback(),
             routing_status.clone(),
             publisher.clone(),
-        );
-    }
-    let mut bucket = Bucket::new(opts.events_per_second);
-    let mut model = Model::new(&opts.node_name, opts.handle_class_less);
-    let mut synced = [false; 4];
-    let mut live = false;
-    let mut last_set: Option<crate::dataplane::Desired> = None;
-    let mut pending_events: Vec<Change> = Vec::new();
+        ),
+        // Nothing reads for routelb: only the planned contract is kept.
+        None => watch::channel(Vec::new()).1,
+    };
+    let mut agent = Agent {
+        model: Model::new(&opts.node_name, opts.handle_class_less),
+        opts,
+        feeds: Feeds::default(),
+        stores,
+        dataplane,
+        publisher,
+        plan,
+        routing_dirty: true,
+        reads,
+        contracts: Vec::new(),
+        state: None,
+        pending: Vec::new(),
+        adopted: None,
+        reported: Once::default(),
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     health.set(
         false,
-        "waiting for the Service, EndpointSlice, Node and AddressPool caches",
+        "waiting for the Service, EndpointSlice, Node, AddressPool and RouterConfig caches",
     );
     loop {
         tokio::select! {
             input = inputs.recv() => {
                 let Some(input) = input else { break };
-                let changes = apply(&mut model, input, &mut synced, &services, &slices, &nodes, &pools);
-                pending_events.extend(changes);
+                agent.apply(input);
             }
+            _ = agent.reads.changed() => {}
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
-        if !synced.iter().all(|s| *s) {
+        if !agent.feeds.synced(agent.opts.routing.is_some()) {
             continue;
         }
         // Everything queued so far is applied before deciding: bursts coalesce.
         while let Ok(input) = inputs.try_recv() {
-            let changes = apply(
-                &mut model,
-                input,
-                &mut synced,
-                &services,
-                &slices,
-                &nodes,
-                &pools,
-            );
-            pending_events.extend(changes);
+            agent.apply(input);
+        }
+        agent.decide().await;
+        agent.report_health(&health, &routing_status);
+    }
+    let stop = tokio::task::spawn_blocking(move || agent.dataplane.stop());
+    let _ = stop.await;
+    Ok(())
+}
+
+impl Agent {
+    /// Applies one watch event: to the model, or as a change of routing's inputs.
+    fn apply(&mut self, input: Input) {
+        let (m, f) = (&mut self.model, &mut self.feeds);
+        let changes = match input {
+            Input::Service(e) => f.services.feed(m, e),
+            Input::Slice(e) => f.slices.feed(m, e),
+            Input::Node(e) => {
+                self.routing_dirty = true;
+                f.node.feed(m, e)
+            }
+            Input::Pool(e) => {
+                self.routing_dirty = true;
+                f.pools.feed(m, e)
+            }
+            Input::RouterConfig(e) => {
+                self.routing_dirty = true;
+                f.configs.feed(&mut Ignore, e);
+                Vec::new()
+            }
+            Input::Peer(e) => {
+                self.routing_dirty = true;
+                f.peers.feed(&mut Ignore, e);
+                Vec::new()
+            }
+            Input::Secret(e) => {
+                self.routing_dirty = true;
+                f.secrets.feed(&mut Ignore, e);
+                Vec::new()
+            }
+            Input::Namespace(_) => Vec::new(),
+        };
+        self.pending.extend(changes);
+    }
+
+    /// Decides and hands over: the plan, the contracts, the node state, the Events.
+    async fn decide(&mut self) {
+        if std::mem::take(&mut self.routing_dirty) {
+            self.replan();
+        }
+        let contracts = self.contracts();
+        if contracts != self.contracts {
+            self.dataplane.set_contracts(contracts.clone());
+            self.contracts = contracts;
+        }
+        if self.adopted.is_none() {
+            self.adopted = Some(self.present().await);
         }
         // What the node announces changes only with some Service's decision.
-        if last_set.is_none() || !pending_events.is_empty() {
-            let desired = model.desired();
-            if last_set.as_ref() != Some(&desired) {
-                dataplane.set(desired.clone());
-                last_set = Some(desired);
+        if self.state.is_none() || !self.pending.is_empty() {
+            let state = self.model.desired();
+            if self.state.as_ref() != Some(&state) {
+                self.dataplane.set(state.clone());
+                self.state = Some(state);
             }
         }
-        let first = !live;
-        live = true;
-        for c in pending_events.drain(..) {
+        self.announce();
+    }
+
+    /// Decides which RouterConfig governs the node and the kernel contract.
+    fn replan(&mut self) {
+        let node = self.opts.node_name.clone();
+        let labels = self
+            .stores
+            .nodes
+            .state()
+            .first()
+            .map(|n| n.labels().clone())
+            .unwrap_or_default();
+        let selection = routelb_core::routing::select(&labels, &self.stores.configs.state());
+        for (name, why) in &selection.invalid {
+            self.warn(
+                Regarding::router_config(name),
+                "InvalidNodeSelector",
+                why.clone(),
+            );
+        }
+        if let Some(conflict) = selection.conflict(&node) {
+            self.warn(Regarding::node(&node), "RouterConfigConflict", conflict);
+        }
+        let current = self.plan.borrow().clone();
+        let router = selection.chosen;
+        let name = router.as_ref().map(|rc| rc.name_any());
+        let governing = router
+            .as_ref()
+            .zip(name.as_deref())
+            .map(|(rc, n)| (n, &rc.spec));
+        let contract = match routelb_core::routing::contract(governing, &self.opts.flags) {
+            Ok((contract, notes)) => {
+                for n in notes {
+                    self.warn(Regarding::node(&node), "FlagOverridden", n);
+                }
+                contract
+            }
+            Err(why) => {
+                // Keep programming where the daemon reads now rather than go dark.
+                self.warn(
+                    Regarding::node(&node),
+                    "InvalidKernelContract",
+                    format!("{why}; keeping {}", current.contract),
+                );
+                current.contract.clone()
+            }
+        };
+        if contract != current.contract {
+            let note = format!(
+                "routelb's entries move from {} to {} ({}); the old ones stay until the routing daemon reads the new ones",
+                current.contract,
+                contract,
+                router.as_ref().map_or(
+                    "no RouterConfig selects the node: the agent's flags".to_string(),
+                    |rc| format!("RouterConfig {}", rc.name_any())
+                )
+            );
+            tracing::info!(node = %node, from = %current.contract, to = %contract, "kernel contract changes");
+            self.publisher.publish(Note {
+                regarding: Regarding::node(&node),
+                warning: false,
+                reason: "KernelContractChanged".into(),
+                action: "Program".into(),
+                note,
+            });
+        }
+        self.plan.send_replace(Plan {
+            router,
+            contract,
+            generation: current.generation + 1,
+        });
+    }
+
+    /// The contracts to program: those the daemon may read, then the planned one.
+    fn contracts(&self) -> Vec<KernelContract> {
+        let mut out: Vec<KernelContract> = self.reads.borrow().clone();
+        let planned = self.plan.borrow().contract.clone();
+        if !out.contains(&planned) {
+            out.push(planned);
+        }
+        out
+    }
+
+    /// What the kernel already holds under the planned contract.
+    async fn present(&self) -> BTreeSet<IpAddr> {
+        let contract = self.plan.borrow().contract.clone();
+        match self.dataplane.present(&contract).await {
+            Ok(present) => present,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read what the kernel holds; Events will repeat announcements");
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// A Warning Event, once per distinct note.
+    fn warn(&mut self, regarding: Regarding, reason: &'static str, note: String) {
+        if !self
+            .reported
+            .news(reason, &format!("{}/{note}", regarding.name))
+        {
+            return;
+        }
+        tracing::warn!(object = %regarding.name, reason, "{note}");
+        self.publisher.publish(Note {
+            regarding,
+            warning: true,
+            reason: reason.into(),
+            action: "Program".into(),
+            note,
+        });
+    }
+
+    /// Events for the Services whose announcement changed.
+    fn announce(&mut self) {
+        let table = self.plan.borrow().contract.table;
+        let adopted = self.adopted.take().unwrap_or_default();
+        for c in std::mem::take(&mut self.pending) {
             // On start, what the kernel already had is no news.
-            if first
-                && let Some(Decision::Announce(a)) = &c.after
-                && a.iter().all(|(ip, _)| started.adopted.contains(ip))
+            if let Some(Decision::Announce(a)) = &c.after
+                && a.iter().all(|(ip, _)| adopted.contains(ip))
             {
                 continue;
             }
-            let Some((reason, note)) = describe(&opts.node_name, &c, opts.dataplane.table) else {
+            let Some((reason, note)) = describe(&self.opts.node_name, &c, table) else {
                 continue;
             };
-            if !bucket.take() {
-                continue;
-            }
-            publisher.publish(Note {
-                regarding: ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Service".into()),
-                    namespace: Some(c.key.namespace.clone()),
-                    name: Some(c.key.name.clone()),
-                    uid: c.uid.clone(),
-                    ..ObjectReference::default()
-                },
+            self.publisher.publish(Note {
+                regarding: Regarding::service_key(&c.key).with_uid(c.uid.clone()),
                 warning: false,
                 reason: reason.into(),
                 action: "Announce".into(),
                 note,
             });
         }
-        let status = dataplane.status();
+        // Only the first pass compares with what an earlier run left.
+        self.adopted = Some(BTreeSet::new());
+    }
+
+    fn report_health(&self, health: &Health, routing: &std::sync::Mutex<routing::RoutingStatus>) {
+        let status = self.dataplane.status();
+        let announced = self.state.as_ref().map_or(0, |d| d.addresses.len());
         let mut detail = format!(
-            "{} addresses announced on {}; {} reconciles, {} repairs",
-            last_set.as_ref().map_or(0, |d| d.addresses.len()),
-            status.interface,
+            "{announced} addresses announced on {}; {} reconciles, {} repairs",
+            status.interfaces.join(", "),
             status.reconciles,
             status.repairs
         );
@@ -290,34 +501,38 @@ pub async fn run(
         if let Some(e) = &status.last_error {
             detail.push_str(&format!("; last dataplane error: {e}"));
         }
-        if opts.routing.is_some() {
+        if self.opts.routing.is_some() {
             detail.push_str("; ");
-            detail.push_str(&routing::describe(&routing_status));
+            detail.push_str(&routing::describe(routing));
         }
-        if bucket.dropped > 0 {
-            detail.push_str(&format!(
-                "; {} Events dropped by rate limit",
-                bucket.dropped
-            ));
+        let dropped = self.publisher.dropped();
+        if dropped > 0 {
+            detail.push_str(&format!("; {dropped} Events dropped by rate limit"));
         }
         // Ready once synced and the kernel has been reconciled once (errors are in the detail).
         health.set(status.reconciles > 0, detail);
-        publish_metrics(
-            last_set.as_ref(),
-            &status,
-            &routing_status,
-            publisher.dropped() + bucket.dropped,
-        );
+        publish_metrics(self.state.as_ref(), &status, routing, dropped);
     }
-    let stop = tokio::task::spawn_blocking(move || dataplane.stop());
-    let _ = stop.await;
-    Ok(())
+}
+
+/// An index for kinds the agent only caches (read by the routing task from the stores):
+/// their feed tracks sync, nothing more.
+struct Ignore;
+
+impl<K> routelb_core::index::Index<K> for Ignore {
+    type Out = Change;
+    fn apply(&mut self, _: Arc<K>) -> Vec<Change> {
+        Vec::new()
+    }
+    fn delete(&mut self, _: &routelb_core::index::ObjectKey) -> Vec<Change> {
+        Vec::new()
+    }
 }
 
 /// Updates the agent's metrics from what it knows now.
 fn publish_metrics(
-    desired: Option<&crate::dataplane::Desired>,
-    dp: &crate::dataplane::Status,
+    desired: Option<&NodeState>,
+    dp: &crate::kernel::Status,
     routing: &std::sync::Mutex<routing::RoutingStatus>,
     events_dropped: u64,
 ) {
@@ -340,101 +555,34 @@ fn publish_metrics(
             );
         }
     }
-    M.set_counter(
-        "routelb_dataplane_reconciles_total",
-        "Reconciles of the kernel's owned addresses and routes.",
-        &[],
-        dp.reconciles as f64,
-    );
-    M.set_counter(
-        "routelb_dataplane_changes_total",
-        "Addresses and routes added or removed in the kernel.",
-        &[],
-        dp.changes as f64,
-    );
-    M.set_counter(
-        "routelb_netlink_errors_total",
-        "Netlink changes the kernel refused.",
-        &[],
-        dp.errors as f64,
-    );
-    M.set_counter(
-        "routelb_dataplane_repairs_total",
-        "Drift repairs: owned entries changed by someone else, put right.",
-        &[],
-        dp.repairs as f64,
-    );
-    M.set_counter(
-        "routelb_events_dropped_total",
-        "Events not sent (rate limit or full queue).",
-        &[],
-        events_dropped as f64,
-    );
-    routing::publish_metrics(&routing.lock().unwrap_or_else(|e| e.into_inner()));
-}
-
-/// Applies one watch event to the model. On a relist's end, objects that vanished while
-/// the watch was down are treated as deleted.
-fn apply(
-    model: &mut Model,
-    input: Input,
-    synced: &mut [bool; 4],
-    services: &Store<Service>,
-    slices: &Store<EndpointSlice>,
-    nodes: &Store<Node>,
-    pools: &Store<AddressPool>,
-) -> Vec<Change> {
-    match input {
-        Input::Service(ev) => match ev {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                model.service_applied(Arc::new(s))
-            }
-            watcher::Event::Delete(s) => model.service_deleted(&service::key(&s)),
-            watcher::Event::InitDone => {
-                synced[0] = true;
-                let present = services.state().iter().map(|s| service::key(s)).collect();
-                model.services_relisted(&present)
-            }
-            watcher::Event::Init => Vec::new(),
-        },
-        Input::Slice(ev) => match ev {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => model.slice_applied(&s),
-            watcher::Event::Delete(s) => {
-                model.slice_deleted(&s.namespace().unwrap_or_default(), &s.name_any())
-            }
-            watcher::Event::InitDone => {
-                synced[1] = true;
-                let present = slices
-                    .state()
-                    .iter()
-                    .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
-                    .collect();
-                model.slices_relisted(&present)
-            }
-            watcher::Event::Init => Vec::new(),
-        },
-        Input::Node(ev) => match *ev {
-            watcher::Event::Apply(n) | watcher::Event::InitApply(n) => model.node_applied(&n),
-            watcher::Event::Delete(_) => model.node_deleted(),
-            watcher::Event::InitDone => {
-                synced[2] = true;
-                if nodes.state().is_empty() {
-                    model.node_deleted()
-                } else {
-                    Vec::new()
-                }
-            }
-            watcher::Event::Init => Vec::new(),
-        },
-        Input::Pool(ev) => match ev {
-            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => model.pool_applied(&p),
-            watcher::Event::Delete(p) => model.pool_deleted(&p.name_any()),
-            watcher::Event::InitDone => {
-                synced[3] = true;
-                let present = pools.state().iter().map(|p| p.name_any()).collect();
-                model.pools_relisted(&present)
-            }
-            watcher::Event::Init => Vec::new(),
-        },
+    for (name, help, value) in [
+        (
+            "routelb_dataplane_reconciles_total",
+            "Reconciles of the kernel's owned addresses and routes.",
+            dp.reconciles,
+        ),
+        (
+            "routelb_dataplane_changes_total",
+            "Addresses and routes added or removed in the kernel.",
+            dp.changes,
+        ),
+        (
+            "routelb_netlink_errors_total",
+            "Netlink changes the kernel refused.",
+            dp.errors,
+        ),
+        (
+            "routelb_dataplane_repairs_total",
+            "Drift repairs: owned entries changed by someone else, put right.",
+            dp.repairs,
+        ),
+        (
+            "routelb_events_dropped_total",
+            "Events not sent (rate limit or full queue).",
+            events_dropped,
+        ),
+    ] {
+        M.set_counter(name, help, &[], value as f64);
     }
+    routing::publish_metrics(&routing.lock().unwrap_or_else(|e| e.into_inner()));
 }

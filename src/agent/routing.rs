@@ -1,26 +1,35 @@
-//! The agent's routing-daemon task: renders the node's configuration when RouterConfigs,
-//! BGPPeers, pools, Secrets, the Node or the template change, validates it, writes it
-//! atomically and reloads the daemon only when the text changed. It runs apart from the
-//! kernel path: a daemon that is down, slow or misconfigured never delays an address.
+//! The agent's routing-daemon task: renders the node's configuration from the agent's
+//! [`Plan`] (the governing RouterConfig and kernel contract) and the cached BGPPeers,
+//! pools, Secrets and Node, validates it, writes it atomically and reloads the daemon
+//! only when the text changed. It runs apart from the kernel path: a daemon that is
+//! down, slow or misconfigured never delays an address.
+//!
+//! It also tells the agent which kernel contracts the daemon may be reading, so the
+//! dataplane keeps them programmed; and it loads a configuration that reads a new
+//! contract only once the dataplane holds the node's state under it. What the daemon
+//! was last given is recorded beside its configuration (`<config>.routelb`), so a
+//! restarted agent knows it too.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
-use tokio::sync::mpsc;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use routelb_core::crd::{AddressPoolSpec, BGPPeerSpec, Daemon as DaemonKind, SecretKeyRef};
+use routelb_core::net::KernelContract;
+use routelb_core::report::{Once, Regarding};
+use routelb_core::routing::context::{NodeInput, build};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
-use crate::crd::{AddressPool, BGPPeer, Daemon as DaemonKind, RouterConfig, SecretKeyRef};
-use crate::events::{Note, Publisher};
-use crate::kubewatch::watch_into;
-use crate::routing::context::{NodeInput, build};
-use crate::routing::daemon::{Daemon, DaemonError};
-use crate::selector::Selector;
+use super::{Plan, RoutingStores};
+use crate::daemon::bird::Bird;
+use crate::daemon::frr::Frr;
+use crate::daemon::{DaemonError, RoutingDaemon, write_atomic};
+use crate::k8s::events::{Note, Publisher};
 
 /// Where the daemons and templates are.
 #[derive(Clone, Debug)]
@@ -54,6 +63,23 @@ impl Default for RoutingOptions {
     }
 }
 
+impl RoutingOptions {
+    fn daemon(&self, kind: DaemonKind) -> Arc<dyn RoutingDaemon> {
+        match kind {
+            DaemonKind::Bird => Arc::new(Bird {
+                config: self.bird_config.clone(),
+                socket: self.bird_socket.clone(),
+            }),
+            DaemonKind::Frr => Arc::new(Frr {
+                config: self.frr_config.clone(),
+                vty_dir: self.frr_vty_dir.clone(),
+                vtysh: self.vtysh.clone(),
+                reload: self.frr_reload.clone(),
+            }),
+        }
+    }
+}
+
 /// What the routing task last did, for readiness details and metrics.
 #[derive(Clone, Debug, Default)]
 pub struct RoutingStatus {
@@ -65,79 +91,82 @@ pub struct RoutingStatus {
     pub last_good_reload: Option<SystemTime>,
 }
 
-/// Something the routing configuration depends on changed.
-struct Tick;
-
-fn tick<K>(_: watcher::Event<K>) -> Tick {
-    Tick
+/// What the routing task reads.
+#[derive(Debug)]
+pub struct Inputs {
+    pub stores: RoutingStores,
+    pub plan: watch::Receiver<Plan>,
+    /// The contracts the dataplane holds the node's state under.
+    pub programmed: watch::Receiver<Vec<KernelContract>>,
 }
 
-/// Starts the routing task; it runs until the client's watches end.
+/// What routelb records beside a configuration it gave the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Given {
+    contract: KernelContract,
+}
+
+fn given_path(config: &Path) -> PathBuf {
+    let mut name = config
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".routelb");
+    config.with_file_name(name)
+}
+
+fn read_given(config: &Path) -> Option<Given> {
+    let text = std::fs::read_to_string(given_path(config)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The contracts the daemon may be reading when the agent starts: what was recorded
+/// beside each configuration, else `fallback` (what agents before 0.2 programmed).
+fn initial_reads(opts: &RoutingOptions, fallback: &KernelContract) -> Vec<KernelContract> {
+    let mut reads: Vec<KernelContract> = [&opts.bird_config, &opts.frr_config]
+        .into_iter()
+        .filter_map(|p| read_given(p))
+        .map(|g| g.contract)
+        .collect();
+    reads.dedup();
+    if reads.is_empty() {
+        reads.push(fallback.clone());
+    }
+    reads
+}
+
+/// Starts the routing task; it runs until the agent's plan channel closes. Returns the
+/// contracts the daemon may be reading, kept current.
 pub fn spawn(
-    client: Client,
     node_name: String,
     opts: RoutingOptions,
+    inputs: Inputs,
+    fallback: KernelContract,
     status: Arc<Mutex<RoutingStatus>>,
     publisher: Publisher,
-) {
-    let (tx, rx) = mpsc::channel::<Tick>(1024);
-    let configs = watch_into(
-        Api::<RouterConfig>::all(client.clone()),
-        watcher::Config::default(),
-        tx.clone(),
-        tick,
-    );
-    let peers = watch_into(
-        Api::<BGPPeer>::all(client.clone()),
-        watcher::Config::default(),
-        tx.clone(),
-        tick,
-    );
-    let pools = watch_into(
-        Api::<AddressPool>::all(client.clone()),
-        watcher::Config::default(),
-        tx.clone(),
-        tick,
-    );
-    let secrets = watch_into(
-        Api::<Secret>::namespaced(client.clone(), &opts.secrets_namespace),
-        watcher::Config::default(),
-        tx.clone(),
-        tick,
-    );
-    let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let nodes = watch_into(Api::<Node>::all(client), node_cfg, tx, tick);
-    let stores = Stores {
-        configs,
-        peers,
-        pools,
-        secrets,
-        nodes,
+) -> watch::Receiver<Vec<KernelContract>> {
+    let (reads, reads_rx) = watch::channel(initial_reads(&opts, &fallback));
+    let task = Task {
+        node_name,
+        opts,
+        status,
+        publisher,
+        reads,
+        applied: BTreeMap::new(),
+        rejected: BTreeMap::new(),
+        reported: Once::default(),
     };
-    tokio::spawn(run(node_name, opts, stores, rx, status, publisher));
-}
-
-struct Stores {
-    configs: Store<RouterConfig>,
-    peers: Store<BGPPeer>,
-    pools: Store<AddressPool>,
-    secrets: Store<Secret>,
-    nodes: Store<Node>,
-}
-
-impl Stores {
-    async fn ready(&self) {
-        let _ = self.configs.wait_until_ready().await;
-        let _ = self.peers.wait_until_ready().await;
-        let _ = self.pools.wait_until_ready().await;
-        let _ = self.secrets.wait_until_ready().await;
-        let _ = self.nodes.wait_until_ready().await;
-    }
+    tokio::spawn(task.run(inputs));
+    reads_rx
 }
 
 /// The rendered configuration, or why there is none.
 enum Rendered {
-    Text(Daemon, String),
+    Text {
+        daemon: Arc<dyn RoutingDaemon>,
+        text: String,
+        contract: KernelContract,
+    },
     Nothing(String),
     Error(String),
 }
@@ -166,164 +195,194 @@ fn node_input(node: &Node) -> NodeInput {
     }
 }
 
-fn render_now(node_name: &str, opts: &RoutingOptions, s: &Stores) -> Rendered {
-    let Some(node) = s
-        .nodes
+/// A BGP password from the cached Secrets of routelb's namespace.
+fn password(stores: &RoutingStores, namespace: &str, r: &SecretKeyRef) -> Result<String, String> {
+    let ns = r.namespace.as_deref().unwrap_or(namespace);
+    if ns != namespace {
+        return Err(format!("Secrets are read from {namespace} only, not {ns}"));
+    }
+    let key = r.key.as_deref().unwrap_or("password");
+    let secret = stores
+        .secrets
         .state()
         .into_iter()
-        .find(|n| n.name_any() == node_name)
-    else {
-        return Rendered::Nothing(format!("the Node {node_name} does not exist"));
-    };
-    let input = node_input(&node);
-    let mut configs: Vec<Arc<RouterConfig>> = s
-        .configs
-        .state()
-        .into_iter()
-        .filter(|rc| match &rc.spec.node_selector {
-            Some(sel) => Selector::from_k8s(sel).is_ok_and(|sel| sel.matches(&input.labels)),
-            None => true,
-        })
-        .collect();
-    configs.sort_by_key(|rc| (rc.creation_timestamp().map(|t| t.0), rc.name_any()));
-    let Some(rc) = configs.first() else {
-        return Rendered::Nothing(format!(
-            "no RouterConfig selects node {node_name}; the routing daemon is left as it is"
-        ));
-    };
-    if configs.len() > 1 {
-        tracing::warn!(chosen = %rc.name_any(), count = configs.len(), "several RouterConfigs select this node; using the oldest");
-    }
-    let peers: Vec<(String, crate::crd::BGPPeerSpec)> = s
-        .peers
-        .state()
-        .iter()
-        .map(|p| (p.name_any(), p.spec.clone()))
-        .collect();
-    let pools: Vec<(String, crate::crd::AddressPoolSpec)> = s
-        .pools
-        .state()
-        .iter()
-        .map(|p| (p.name_any(), p.spec.clone()))
-        .collect();
-    let lookup = |r: &SecretKeyRef| -> Result<String, String> {
-        let ns = r.namespace.as_deref().unwrap_or(&opts.secrets_namespace);
-        if ns != opts.secrets_namespace {
-            return Err(format!(
-                "Secrets are read from {} only, not {ns}",
-                opts.secrets_namespace
-            ));
-        }
-        let key = r.key.as_deref().unwrap_or("password");
-        let secret = s
-            .secrets
-            .state()
-            .into_iter()
-            .find(|x| x.name_any() == r.name)
-            .ok_or_else(|| format!("Secret {ns}/{} not found", r.name))?;
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .ok_or_else(|| format!("Secret {ns}/{} has no key {key}", r.name))?;
-        String::from_utf8(bytes.0.clone())
-            .map_err(|_| format!("Secret {ns}/{} key {key} is not text", r.name))
-    };
-    let ctx = match build(&input, (&rc.name_any(), &rc.spec), &peers, &pools, &lookup) {
-        Ok(c) => c,
-        Err(e) => return Rendered::Error(e.to_string()),
-    };
-    let kind = rc.spec.daemon.unwrap_or_default();
-    let daemon = match kind {
-        DaemonKind::Bird => Daemon::Bird {
-            config: opts.bird_config.clone(),
-            socket: opts.bird_socket.clone(),
-        },
-        DaemonKind::Frr => Daemon::Frr {
-            config: opts.frr_config.clone(),
-            vty_dir: opts.frr_vty_dir.clone(),
-            vtysh: opts.vtysh.clone(),
-            reload: opts.frr_reload.clone(),
-        },
-    };
-    let file = rc
-        .spec
-        .template
-        .clone()
-        .unwrap_or_else(|| format!("{}.conf.tera", daemon.name()));
-    let path = opts.template_dir.join(&file);
-    let template = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => return Rendered::Error(format!("read template {}: {e}", path.display())),
-    };
-    match crate::routing::render(&template, &ctx) {
-        Ok(text) => Rendered::Text(daemon, text),
-        Err(e) => Rendered::Error(format!("template {}: {e:#}", path.display())),
-    }
+        .find(|x| x.name_any() == r.name)
+        .ok_or_else(|| format!("Secret {ns}/{} not found", r.name))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| format!("Secret {ns}/{} has no key {key}", r.name))?;
+    String::from_utf8(bytes.0.clone())
+        .map_err(|_| format!("Secret {ns}/{} key {key} is not text", r.name))
 }
 
-async fn run(
+struct Task {
     node_name: String,
     opts: RoutingOptions,
-    stores: Stores,
-    mut rx: mpsc::Receiver<Tick>,
     status: Arc<Mutex<RoutingStatus>>,
     publisher: Publisher,
-) {
-    stores.ready().await;
-    let set = |f: &dyn Fn(&mut RoutingStatus)| {
-        let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut s);
-        publish_metrics(&s);
-    };
-    // What the daemon runs now: start from the file on disk, so a restarted agent does
-    // not reload a daemon that already has this configuration.
-    let mut applied: BTreeMap<&'static str, String> = BTreeMap::new();
-    for (name, path) in [("bird", &opts.bird_config), ("frr", &opts.frr_config)] {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            applied.insert(name, text);
+    reads: watch::Sender<Vec<KernelContract>>,
+    /// What each daemon runs, as far as routelb knows.
+    applied: BTreeMap<&'static str, String>,
+    /// A configuration the daemon refused: not tried again until it changes.
+    rejected: BTreeMap<&'static str, String>,
+    reported: Once<()>,
+}
+
+impl Task {
+    fn render(&self, stores: &RoutingStores, plan: &Plan) -> Rendered {
+        let node_name = &self.node_name;
+        let Some(node) = stores
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.name_any() == *node_name)
+        else {
+            return Rendered::Nothing(format!("the Node {node_name} does not exist"));
+        };
+        let Some(rc) = &plan.router else {
+            return Rendered::Nothing(format!(
+                "no RouterConfig selects node {node_name}; the routing daemon is left as it is"
+            ));
+        };
+        let peers: Vec<(String, BGPPeerSpec)> = stores
+            .peers
+            .state()
+            .iter()
+            .map(|p| (p.name_any(), p.spec.clone()))
+            .collect();
+        let pools: Vec<(String, AddressPoolSpec)> = stores
+            .pools
+            .state()
+            .iter()
+            .map(|p| (p.name_any(), p.spec.clone()))
+            .collect();
+        let lookup = |r: &SecretKeyRef| password(stores, &self.opts.secrets_namespace, r);
+        let input = node_input(&node);
+        let router = (rc.name_any(), &rc.spec);
+        let ctx = match build(
+            &input,
+            (&router.0, router.1),
+            &plan.contract,
+            &peers,
+            &pools,
+            &lookup,
+        ) {
+            Ok(c) => c,
+            Err(e) => return Rendered::Error(e.to_string()),
+        };
+        let daemon = self.opts.daemon(rc.spec.daemon.unwrap_or_default());
+        let file = rc
+            .spec
+            .template
+            .clone()
+            .unwrap_or_else(|| format!("{}.conf.tera", daemon.name()));
+        let path = self.opts.template_dir.join(&file);
+        let template = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => return Rendered::Error(format!("read template {}: {e}", path.display())),
+        };
+        match routelb_core::routing::render(&template, &ctx) {
+            Ok(text) => Rendered::Text {
+                daemon,
+                text,
+                contract: plan.contract.clone(),
+            },
+            Err(e) => Rendered::Error(format!("template {}: {e}", path.display())),
         }
     }
-    let mut reported: Option<String> = None;
-    let mut tick = tokio::time::interval(opts.interval);
-    loop {
-        // Coalesce bursts of changes.
-        tokio::select! {
-            t = rx.recv() => if t.is_none() { return },
-            _ = tick.tick() => {}
-        }
-        while rx.try_recv().is_ok() {}
-        let rendered = render_now(&node_name, &opts, &stores);
-        let (daemon, text) = match rendered {
-            Rendered::Nothing(why) => {
-                set(&|s| {
-                    s.state = why.clone();
-                    s.daemon = None;
-                });
-                continue;
-            }
-            Rendered::Error(why) => {
-                report(
-                    &publisher,
-                    &node_name,
-                    &mut reported,
-                    "RoutingConfigInvalid",
-                    &why,
-                );
-                set(&|s| {
-                    s.state = format!("keeping the last good configuration: {why}");
-                });
-                continue;
-            }
-            Rendered::Text(d, t) => (d, t),
+
+    fn set(&self, f: impl FnOnce(&mut RoutingStatus)) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+        publish_metrics(&s);
+    }
+
+    /// The daemon reads `contract` now: record it, and tell the agent.
+    fn reads(&self, daemon: &dyn RoutingDaemon, contract: &KernelContract) {
+        let given = Given {
+            contract: contract.clone(),
         };
+        if read_given(daemon.config_path()).as_ref() != Some(&given) {
+            let path = given_path(daemon.config_path());
+            let text = serde_json::to_string(&given).unwrap_or_default();
+            if let Err(e) = write_atomic(&path, &text) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot record the kernel contract the daemon reads; a restarted agent keeps the old one programmed too");
+            }
+        }
+        self.reads.send_if_modified(|r| {
+            let changed = r.as_slice() != std::slice::from_ref(contract);
+            if changed {
+                *r = vec![contract.clone()];
+            }
+            changed
+        });
+    }
+
+    async fn run(mut self, mut inputs: Inputs) {
+        // What the daemon runs now: start from the file on disk, so a restarted agent does
+        // not reload a daemon that already has this configuration.
+        for (name, path) in [
+            ("bird", &self.opts.bird_config),
+            ("frr", &self.opts.frr_config),
+        ] {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                self.applied.insert(name, text);
+            }
+        }
+        // Nothing to render before the agent's caches have synced and it has decided.
+        while inputs.plan.borrow().generation == 0 {
+            if inputs.plan.changed().await.is_err() {
+                return;
+            }
+        }
+        let mut tick = tokio::time::interval(self.opts.interval);
+        loop {
+            tokio::select! {
+                changed = inputs.plan.changed() => if changed.is_err() { return },
+                _ = inputs.programmed.changed() => {}
+                _ = tick.tick() => {}
+            }
+            let plan = inputs.plan.borrow_and_update().clone();
+            match self.render(&inputs.stores, &plan) {
+                Rendered::Nothing(why) => self.set(|s| {
+                    s.state = why;
+                    s.daemon = None;
+                }),
+                Rendered::Error(why) => {
+                    self.report("RoutingConfigInvalid", &why);
+                    self.set(|s| s.state = format!("keeping the last good configuration: {why}"));
+                }
+                Rendered::Text {
+                    daemon,
+                    text,
+                    contract,
+                } => {
+                    let programmed = inputs.programmed.borrow().contains(&contract);
+                    self.offer(daemon, text, contract, programmed).await;
+                }
+            }
+        }
+    }
+
+    /// Gives the daemon a rendered configuration, unless it runs it already, refused it,
+    /// or it reads a contract the kernel does not hold yet.
+    async fn offer(
+        &mut self,
+        daemon: Arc<dyn RoutingDaemon>,
+        text: String,
+        contract: KernelContract,
+        programmed: bool,
+    ) {
         let name = daemon.name();
-        if applied.get(name) == Some(&text) {
+        if self.applied.get(name) == Some(&text) {
+            self.reads(daemon.as_ref(), &contract);
             let d = daemon.clone();
             let probe = tokio::task::spawn_blocking(move || d.probe())
                 .await
-                .unwrap_or_else(|e| Err(DaemonError::Failed(e.to_string())));
-            set(&|s| {
+                .unwrap_or_else(|e| Err(task_failed(&e)));
+            self.set(|s| {
                 s.daemon = Some(name);
                 s.reachable = probe.is_ok();
                 s.state = match &probe {
@@ -331,20 +390,30 @@ async fn run(
                     Err(e) => format!("{name} configuration is current but {e}"),
                 };
             });
-            continue;
+            return;
         }
-        let d = daemon.clone();
-        let t = text.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || d.validate(&t).and_then(|_| d.apply(&t))).await;
-        let outcome = outcome
-            .unwrap_or_else(|e| Err(DaemonError::Failed(format!("the reload task failed: {e}"))));
+        if self.rejected.get(name) == Some(&text) {
+            return;
+        }
+        if !programmed {
+            self.set(|s| {
+                s.daemon = Some(name);
+                s.state = format!("waiting for the kernel to hold the Services under {contract} before reloading {name}");
+            });
+            return;
+        }
+        let (d, t) = (daemon.clone(), text.clone());
+        let outcome = tokio::task::spawn_blocking(move || d.validate(&t).and_then(|_| d.apply(&t)))
+            .await
+            .unwrap_or_else(|e| Err(task_failed(&e)));
         match outcome {
             Ok(()) => {
-                tracing::info!(daemon = name, path = %daemon.config_path().display(), "routing daemon reloaded with a new configuration");
-                applied.insert(name, text);
-                reported = None;
-                set(&|s| {
+                tracing::info!(daemon = name, path = %daemon.config_path().display(), %contract, "routing daemon reloaded with a new configuration");
+                self.applied.insert(name, text);
+                self.rejected.remove(name);
+                self.reads(daemon.as_ref(), &contract);
+                self.reported.clear(&());
+                self.set(|s| {
                     s.daemon = Some(name);
                     s.reachable = true;
                     s.reloads_ok += 1;
@@ -352,61 +421,49 @@ async fn run(
                     s.state = format!("{name} reloaded");
                 });
             }
-            Err(DaemonError::Unreachable(why)) => {
+            Err(e) if e.is_unreachable() => {
                 // Retried at the next tick; the kernel side is unaffected.
-                tracing::warn!(daemon = name, error = %why, "routing daemon unreachable; will retry");
-                set(&|s| {
+                tracing::warn!(daemon = name, error = %e, "routing daemon unreachable; will retry");
+                self.set(|s| {
                     s.daemon = Some(name);
                     s.reachable = false;
-                    s.state = format!("{name} unreachable: {why}");
+                    s.state = format!("{name} unreachable: {e}");
                 });
             }
             Err(e) => {
-                let why = e.to_string();
-                tracing::warn!(daemon = name, error = %why, "new routing configuration rejected; the last good one keeps running");
-                // Do not try the same text again until something changes.
-                applied.insert(name, text);
-                set(&|s| {
+                tracing::warn!(daemon = name, error = %e, "new routing configuration rejected; the last good one keeps running");
+                self.rejected.insert(name, text);
+                self.set(|s| {
                     s.daemon = Some(name);
                     s.reloads_failed += 1;
-                    s.state = format!("keeping the last good {name} configuration: {why}");
+                    s.state = format!("keeping the last good {name} configuration: {e}");
                 });
-                report(
-                    &publisher,
-                    &node_name,
-                    &mut reported,
-                    "RoutingConfigRejected",
-                    &why,
-                );
+                self.report("RoutingConfigRejected", &e.to_string());
             }
         }
     }
+
+    /// A Warning Event on the Node, once per distinct problem.
+    fn report(&mut self, reason: &str, why: &str) {
+        if !self.reported.news((), why) {
+            return;
+        }
+        self.publisher.publish(Note {
+            regarding: Regarding::node(&self.node_name),
+            warning: true,
+            reason: reason.into(),
+            action: "Reload".into(),
+            note: why.to_string(),
+        });
+    }
 }
 
-/// An Event on the Node, once per distinct problem.
-fn report(
-    publisher: &Publisher,
-    node: &str,
-    reported: &mut Option<String>,
-    reason: &str,
-    why: &str,
-) {
-    if reported.as_deref() == Some(why) {
-        return;
+fn task_failed(e: &tokio::task::JoinError) -> DaemonError {
+    DaemonError::Failed {
+        what: "the routing daemon task".into(),
+        errno: None,
+        message: e.to_string(),
     }
-    *reported = Some(why.to_string());
-    publisher.publish(Note {
-        regarding: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: Some(node.to_string()),
-            ..ObjectReference::default()
-        },
-        warning: true,
-        reason: reason.into(),
-        action: "Reload".into(),
-        note: why.to_string(),
-    });
 }
 
 /// A status handle shared with the agent's readiness detail.

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use kube::api::{DeleteParams, Patch, PatchParams};
-use routelb::netlink::{Monitor, Notification};
+use routelb::kernel::netlink::Monitor;
+use routelb_core::net::Notification;
 use serde_json::json;
 
 use crate::netns::NetNs;

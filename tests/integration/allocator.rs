@@ -27,7 +27,7 @@ async fn a_service_gets_the_first_address_with_annotation_event_and_pool_status(
     c.service(NS, "web", json!({})).await;
     assert_eq!(c.wait_ips(NS, "web", 1).await, [ip("192.0.2.0")]);
     let svc = c.get(NS, "web").await;
-    assert_eq!(routelb::service::allocated_from(&svc), Some("public"));
+    assert_eq!(routelb_core::service::allocated_from(&svc), Some("public"));
     c.wait_event(
         NS,
         "web",
@@ -57,7 +57,7 @@ async fn a_service_gets_the_first_address_with_annotation_event_and_pool_status(
     assert_eq!(status.ipv4.unwrap().first_ip, "192.0.2.0");
 }
 
-async fn pool_named(c: &Cluster, name: &str) -> routelb::crd::AddressPool {
+async fn pool_named(c: &Cluster, name: &str) -> routelb_core::crd::AddressPool {
     c.pools().get(name).await.unwrap()
 }
 
@@ -272,8 +272,8 @@ async fn foreign_classes_are_ignored_and_leaving_routelb_releases() {
     .await;
     eventually("status cleared", || async {
         let s = c.get(NS, "ours").await;
-        (routelb::service::ingress_ips(&s).is_empty()
-            && routelb::service::allocated_from(&s).is_none())
+        (routelb_core::service::ingress_ips(&s).is_empty()
+            && routelb_core::service::allocated_from(&s).is_none())
         .then_some(())
     })
     .await;
@@ -505,7 +505,7 @@ async fn snapshot(c: &Cluster) -> BTreeMap<String, (Vec<std::net::IpAddr>, Optio
         .map(|s| {
             (
                 s.name_any(),
-                (routelb::service::ingress_ips(s), s.resource_version()),
+                (routelb_core::service::ingress_ips(s), s.resource_version()),
             )
         })
         .collect()

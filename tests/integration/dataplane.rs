@@ -4,8 +4,10 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use routelb::dataplane::{Config, Dataplane, Desired, LinkKind, Running, VipMode};
-use routelb::netlink::{Monitor, Notification, Prefix};
+use routelb::kernel::netlink::Monitor;
+use routelb::kernel::{Config, Dataplane, Running};
+use routelb_core::net::{LinkKind, NodeState as Desired, VipMode};
+use routelb_core::net::{Notification, Prefix};
 
 use crate::netns::NetNs;
 
@@ -66,7 +68,7 @@ fn from_empty_both_families_with_aggregation() {
         ))
         .unwrap()
     });
-    assert_eq!(report.errors, Vec::<String>::new());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(
         addrs(&ns),
         ["2001:db8::10/128", "203.0.113.10/32", "203.0.113.11/32"]
@@ -254,7 +256,9 @@ fn one_failing_entry_is_named_and_blocks_nothing_else() {
     });
     assert_eq!(report.errors.len(), 1, "{report:?}");
     assert!(
-        report.errors[0].starts_with("add route 203.0.113.20/32 table 200 proto 249: File exists"),
+        report.errors[0]
+            .to_string()
+            .starts_with("add route 203.0.113.20/32 table 200 proto 249: File exists"),
         "{:?}",
         report.errors
     );
@@ -328,7 +332,7 @@ fn the_dummy_kind_is_refused_clearly_where_the_kernel_lacks_it() {
             ..Config::default()
         })
         .unwrap();
-        assert_eq!(dp.link().kind.as_deref(), Some("bridge"));
+        assert_eq!(dp.link().unwrap().kind.as_deref(), Some("bridge"));
         assert_eq!(dp.fallback(), None);
     });
 }

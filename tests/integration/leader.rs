@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use routelb::leader::{LeaderElector, Timing};
+use routelb::k8s::leader::{LeaderElector, Timing};
 use tokio::sync::watch;
 
 const TIMING: Timing = Timing {

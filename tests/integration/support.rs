@@ -16,7 +16,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use routelb::crd::{AddressPool, AddressPoolSpec};
+use routelb_core::crd::{AddressPool, AddressPoolSpec};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -40,7 +40,7 @@ impl Cluster {
             .unwrap();
         let client = server.client().unwrap();
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for crd in routelb::crd::crds() {
+        for crd in routelb_core::crd::crds() {
             crds.create(&PostParams::default(), &crd).await.unwrap();
         }
         let dir = std::env::temp_dir().join(format!(
@@ -136,15 +136,15 @@ impl Cluster {
         let svcs = self.services(ns);
         eventually(&format!("{ns}/{name} to get {n} addresses"), || async {
             let svc = svcs.get(name).await.ok()?;
-            let ips = routelb::service::ingress_ips(&svc);
-            (ips.len() == n && routelb::service::allocated_from(&svc).is_some()).then_some(ips)
+            let ips = routelb_core::service::ingress_ips(&svc);
+            (ips.len() == n && routelb_core::service::allocated_from(&svc).is_some()).then_some(ips)
         })
         .await
     }
 
     /// The Service's ingress addresses now.
     pub async fn ips(&self, ns: &str, name: &str) -> Vec<IpAddr> {
-        routelb::service::ingress_ips(&self.get(ns, name).await)
+        routelb_core::service::ingress_ips(&self.get(ns, name).await)
     }
 
     /// Events about an object: (reason, note).
@@ -266,7 +266,7 @@ impl Drop for InProcess {
 pub fn allocator_options(identity: &str) -> routelb::allocator::Options {
     routelb::allocator::Options {
         identity: identity.into(),
-        timing: routelb::leader::Timing {
+        timing: routelb::k8s::leader::Timing {
             lease_duration: Duration::from_secs(3),
             renew_deadline: Duration::from_secs(2),
             retry_period: Duration::from_millis(200),

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use routelb::crd::{AddressPoolSpec, BGPPeerSpec, RouterConfigSpec};
-use routelb::routing::context::{NodeInput, build};
+use routelb_core::crd::{AddressPoolSpec, BGPPeerSpec, RouterConfigSpec};
+use routelb_core::net::KernelContract;
+use routelb_core::routing::context::{NodeInput, build};
 use serde_json::json;
 
 fn root() -> PathBuf {
@@ -53,7 +54,7 @@ fn templates_render_as_recorded_and_the_daemons_accept_them() {
         let stem = ctx.file_stem().unwrap().to_string_lossy().to_string();
         for daemon in ["bird", "frr"] {
             let template = root().join(format!("templates/{daemon}.conf.tera"));
-            let text = routelb::routing::render_files(&template, &ctx).unwrap();
+            let text = routelb::cli::render_files(&template, &ctx).unwrap();
             let golden = ctx.with_file_name(format!("{stem}.{daemon}.conf"));
             if std::env::var_os("UPDATE_GOLDEN").is_some() {
                 std::fs::write(&golden, &text).unwrap();
@@ -131,11 +132,13 @@ fn crafted_cluster_values_cannot_inject_routing_configuration() {
         serde_json::from_value(json!({"addresses": ["203.0.113.0/24"]})).unwrap(),
     )];
     // A password that tries to close the string and open a protocol is refused.
-    let evil =
-        |_: &routelb::crd::SecretKeyRef| Ok("pw\"; } protocol static evil { ipv4; }".to_string());
+    let evil = |_: &routelb_core::crd::SecretKeyRef| {
+        Ok("pw\"; } protocol static evil { ipv4; }".to_string())
+    };
     let err = build(
         &node,
         ("default", &rc),
+        &KernelContract::default(),
         &[("router".into(), peer.clone())],
         &pools,
         &evil,
@@ -151,6 +154,7 @@ fn crafted_cluster_values_cannot_inject_routing_configuration() {
     let ctx = build(
         &node,
         ("default", &rc),
+        &KernelContract::default(),
         &[("we.ird-name".into(), peer)],
         &pools,
         &|_| Ok("fine-pw".into()),
@@ -159,7 +163,7 @@ fn crafted_cluster_values_cannot_inject_routing_configuration() {
     assert_eq!(ctx.peers[0].id, "peer_we_ird_name");
     assert!(ctx.node.labels.is_empty());
     let template = std::fs::read_to_string(root().join("templates/bird.conf.tera")).unwrap();
-    let text = routelb::routing::render(&template, &ctx).unwrap();
+    let text = routelb_core::routing::render(&template, &ctx).unwrap();
     assert!(!text.contains("evil"));
     daemon_accepts("bird", &text, "crafted");
 }

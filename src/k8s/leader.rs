@@ -4,7 +4,15 @@
 //! over only after it has seen the Lease unchanged for a whole lease duration. A leader
 //! that cannot renew within `renew_deadline` (shorter than the lease duration) steps down
 //! on its own, so two replicas never both believe they lead.
+//!
+//! Believing is not enough for writing: a leader frozen (SIGSTOP, a stalled VM) past its
+//! Lease wakes up believing it leads until its next round. Writers therefore check a
+//! [`Fence`] right before each write: it holds only while the last successful renewal,
+//! timed when its request was sent, is younger than the renew deadline by the boot-time
+//! clock (monotonic, and counting time suspended or stopped).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -34,6 +42,75 @@ impl Default for Timing {
     }
 }
 
+/// Time since boot, suspended and stopped time included (`CLOCK_BOOTTIME`).
+fn boottime() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(Duration::from)
+        .unwrap_or_else(|_| {
+            static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+            START.get_or_init(Instant::now).elapsed()
+        })
+}
+
+/// Proof of leadership, checked by writers before each write.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    inner: Arc<FenceState>,
+}
+
+#[derive(Debug)]
+struct FenceState {
+    deadline: Duration,
+    /// When the request of the last successful renewal was sent (boot time).
+    renewed: Mutex<Option<Duration>>,
+    /// Incremented at every acquisition: writes of an earlier term never pass.
+    term: AtomicU64,
+}
+
+impl Fence {
+    /// A fence that holds for `deadline` after each renewal.
+    pub fn new(deadline: Duration) -> Fence {
+        Fence {
+            inner: Arc::new(FenceState {
+                deadline,
+                renewed: Mutex::new(None),
+                term: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn renewed(&self) -> std::sync::MutexGuard<'_, Option<Duration>> {
+        self.inner.renewed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current term, while the fence holds.
+    pub fn term(&self) -> Option<u64> {
+        let renewed = *self.renewed();
+        renewed
+            .filter(|t| boottime().saturating_sub(*t) < self.inner.deadline)
+            .map(|_| self.inner.term.load(Ordering::SeqCst))
+    }
+
+    /// Whether a writer of `term` may write now.
+    pub fn holds(&self, term: u64) -> bool {
+        self.term() == Some(term)
+    }
+
+    /// A renewal sent at `sent` succeeded; `acquired` when it began a new term.
+    fn renewed_at(&self, sent: Duration, acquired: bool) {
+        let mut renewed = self.renewed();
+        if acquired || renewed.is_none() {
+            self.inner.term.fetch_add(1, Ordering::SeqCst);
+        }
+        *renewed = Some(sent);
+    }
+
+    /// Leadership is over (lost, released, or given up).
+    fn revoke(&self) {
+        *self.renewed() = None;
+    }
+}
+
 /// One contender for a Lease.
 #[derive(Debug)]
 pub struct LeaderElector {
@@ -43,7 +120,7 @@ pub struct LeaderElector {
     timing: Timing,
     /// The last Lease spec seen and when it was first seen in that state.
     observed: Option<(LeaseSpec, Instant)>,
-    last_renew: Option<Instant>,
+    fence: Fence,
 }
 
 impl LeaderElector {
@@ -54,8 +131,13 @@ impl LeaderElector {
             identity: identity.to_string(),
             timing,
             observed: None,
-            last_renew: None,
+            fence: Fence::new(timing.renew_deadline),
         }
+    }
+
+    /// The fence writers check; it holds while this contender's leadership is proven.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     fn now() -> MicroTime {
@@ -75,6 +157,18 @@ impl LeaderElector {
 
     /// One round: acquire, renew or observe. Returns whether this contender leads.
     pub async fn try_acquire_or_renew(&mut self) -> kube::Result<bool> {
+        let result = self.round().await;
+        if !matches!(result, Ok(true)) {
+            // Not renewed this round: the fence runs out on its own, unless lost.
+            if matches!(result, Ok(false)) {
+                self.fence.revoke();
+            }
+        }
+        result
+    }
+
+    async fn round(&mut self) -> kube::Result<bool> {
+        let sent = boottime();
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -85,7 +179,7 @@ impl LeaderElector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => {
-                    self.last_renew = Some(Instant::now());
+                    self.fence.renewed_at(sent, true);
                     Ok(true)
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
@@ -124,7 +218,7 @@ impl LeaderElector {
         {
             Ok(updated) => {
                 self.observed = updated.spec.map(|s| (s, Instant::now()));
-                self.last_renew = Some(Instant::now());
+                self.fence.renewed_at(sent, !mine);
                 Ok(true)
             }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
@@ -159,10 +253,7 @@ impl LeaderElector {
                     tracing::warn!(lease = %self.name, error = %e, "leader election round failed");
                     // A leader that cannot reach the API keeps leading until its renew
                     // deadline, and steps down before its Lease can be taken over.
-                    *leading.borrow()
-                        && self
-                            .last_renew
-                            .is_some_and(|t| t.elapsed() < self.timing.renew_deadline)
+                    *leading.borrow() && self.fence.term().is_some()
                 }
             };
             if leads != *leading.borrow() {
@@ -176,6 +267,7 @@ impl LeaderElector {
         }
         if *leading.borrow() {
             leading.send_replace(false);
+            self.fence.revoke();
             if let Err(e) = self.release().await {
                 tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed");
             }

@@ -1,4 +1,5 @@
-//! The kernel's routing netlink, in kernel words: `link_*`, `addr_*`, `route_*`.
+//! The kernel's routing netlink, in kernel words: `link_*`, `addr_*`, `route_*`: the
+//! real [`Kernel`].
 //!
 //! Synchronous and batched: a change of many entries is written as many netlink messages
 //! per `send` (one round trip per batch, not per entry), and each message gets its own
@@ -8,14 +9,13 @@
 //! the interface or table asked for, so a node with a full BGP table is not dumped whole.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -26,131 +26,12 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use routelb_core::net::{Link, Notification, Op, Prefix, Route};
 
-/// The kernel's `local` routing table.
-pub const TABLE_LOCAL: u32 = 255;
+use super::{Kernel, OpError};
+
 /// Messages per batch: keeps the acknowledgements within the socket's receive buffer.
 const BATCH: usize = 512;
-
-/// A prefix: an address and its length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Prefix {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Prefix {
-    pub fn new(addr: IpAddr, len: u8) -> Prefix {
-        Prefix { addr, len }
-    }
-
-    /// A host prefix (/32 or /128).
-    pub fn host(addr: IpAddr) -> Prefix {
-        Prefix {
-            addr,
-            len: if addr.is_ipv4() { 32 } else { 128 },
-        }
-    }
-
-    /// The covering network of `addr` at length `len` (host bits cleared).
-    pub fn network(addr: IpAddr, len: u8) -> Prefix {
-        let addr = match addr {
-            IpAddr::V4(a) => {
-                let len = len.min(32);
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let len = len.min(128);
-                let mask = if len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - len)
-                };
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        };
-        Prefix { addr, len }
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-/// A route as routelb writes and reads it: a destination through one device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Route {
-    pub dst: Prefix,
-    pub table: u32,
-    pub protocol: u8,
-    /// `local` (accept for this host) rather than unicast.
-    pub local: bool,
-    pub oif: Option<u32>,
-}
-
-/// A link's identity and state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Link {
-    pub index: u32,
-    pub name: String,
-    pub kind: Option<String>,
-    pub up: bool,
-}
-
-/// One change to apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    AddrAdd {
-        index: u32,
-        ifname: String,
-        prefix: Prefix,
-    },
-    AddrDel {
-        index: u32,
-        ifname: String,
-        prefix: Prefix,
-    },
-    RouteAdd(Route),
-    RouteDel(Route),
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let route = |f: &mut fmt::Formatter<'_>, verb: &str, r: &Route| {
-            let kind = if r.local { "local " } else { "" };
-            write!(
-                f,
-                "{verb} {kind}route {} table {} proto {}",
-                r.dst, r.table, r.protocol
-            )
-        };
-        match self {
-            Op::AddrAdd { ifname, prefix, .. } => write!(f, "add {prefix} to {ifname}"),
-            Op::AddrDel { ifname, prefix, .. } => write!(f, "remove {prefix} from {ifname}"),
-            Op::RouteAdd(r) => route(f, "add", r),
-            Op::RouteDel(r) => route(f, "remove", r),
-        }
-    }
-}
-
-/// A failed operation, naming what was attempted.
-#[derive(Debug)]
-pub struct OpError {
-    pub op: String,
-    pub errno: i32,
-    pub error: io::Error,
-}
-
-impl fmt::Display for OpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.op, self.error)
-    }
-}
-
-impl std::error::Error for OpError {}
 
 /// A request socket.
 #[derive(Debug)]
@@ -177,7 +58,7 @@ fn nlerr(code: i32) -> io::Error {
 fn benign(op: &Op, errno: i32) -> bool {
     match op {
         Op::AddrAdd { .. } => errno == libc::EEXIST,
-        Op::RouteAdd(_) => false,
+        Op::RouteAdd(_) | Op::RouteReplace(_) => false,
         Op::AddrDel { .. } | Op::RouteDel(_) => {
             matches!(
                 errno,
@@ -590,6 +471,10 @@ impl Netlink {
                     RouteNetlinkMessage::NewRoute(route_message(r)),
                     NLM_F_CREATE | NLM_F_EXCL,
                 ),
+                Op::RouteReplace(r) => (
+                    RouteNetlinkMessage::NewRoute(route_message(r)),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                ),
                 Op::RouteDel(r) => (RouteNetlinkMessage::DelRoute(route_message(r)), 0),
             })
             .collect();
@@ -604,9 +489,8 @@ impl Netlink {
                         Ok(())
                     } else {
                         Err(OpError {
-                            op: op.to_string(),
+                            op: op.clone(),
                             errno,
-                            error: e,
                         })
                     }
                 }
@@ -615,18 +499,31 @@ impl Netlink {
     }
 }
 
-// ----- notifications ----------------------------------------------------------------------
-
-/// A change the kernel announced.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notification {
-    NewAddr { index: u32, prefix: Prefix },
-    DelAddr { index: u32, prefix: Prefix },
-    NewRoute(Route),
-    DelRoute(Route),
-    NewLink(Link),
-    DelLink(Link),
+impl Kernel for Netlink {
+    fn link_get(&mut self, name: &str) -> io::Result<Option<Link>> {
+        Netlink::link_get(self, name)
+    }
+    fn link_add(&mut self, name: &str, kind: &str) -> io::Result<()> {
+        Netlink::link_add(self, name, kind)
+    }
+    fn link_set_up(&mut self, index: u32) -> io::Result<()> {
+        Netlink::link_set_up(self, index)
+    }
+    fn link_del(&mut self, index: u32) -> io::Result<()> {
+        Netlink::link_del(self, index)
+    }
+    fn addr_dump(&mut self, index: u32) -> io::Result<Vec<Prefix>> {
+        Netlink::addr_dump(self, index)
+    }
+    fn route_dump(&mut self, table: u32, protocol: u8) -> io::Result<Vec<Route>> {
+        Netlink::route_dump(self, table, protocol)
+    }
+    fn apply(&mut self, ops: &[Op]) -> Vec<Result<(), OpError>> {
+        Netlink::apply(self, ops)
+    }
 }
+
+// ----- notifications ----------------------------------------------------------------------
 
 /// A socket subscribed to link, address and route notifications, in the namespace it was
 /// opened in.
@@ -711,26 +608,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefixes_clear_host_bits_and_print_like_ip() {
-        let p = Prefix::network("203.0.113.77".parse().unwrap(), 24);
-        assert_eq!(p.to_string(), "203.0.113.0/24");
-        let p6 = Prefix::network("2001:db8::1:2".parse().unwrap(), 64);
-        assert_eq!(p6.to_string(), "2001:db8::/64");
-        assert_eq!(Prefix::host("2001:db8::1".parse().unwrap()).len, 128);
-        assert_eq!(
-            Prefix::network("192.0.2.1".parse().unwrap(), 0).to_string(),
-            "0.0.0.0/0"
-        );
-    }
-
-    #[test]
-    fn operations_name_what_they_attempt() {
+    fn only_already_done_errnos_are_benign() {
         let op = Op::AddrAdd {
             index: 3,
             ifname: "kube-lb0".into(),
             prefix: Prefix::host("203.0.113.10".parse().unwrap()),
         };
-        assert_eq!(op.to_string(), "add 203.0.113.10/32 to kube-lb0");
+        assert!(benign(&op, libc::EEXIST));
         let r = Route {
             dst: Prefix::new("203.0.113.0".parse().unwrap(), 24),
             table: 200,
@@ -738,11 +622,8 @@ mod tests {
             local: false,
             oif: Some(3),
         };
-        assert_eq!(
-            Op::RouteDel(r).to_string(),
-            "remove route 203.0.113.0/24 table 200 proto 249"
-        );
         assert!(!benign(&Op::RouteAdd(r), libc::EEXIST));
+        assert!(!benign(&Op::RouteReplace(r), libc::EEXIST));
         assert!(benign(&Op::RouteDel(r), libc::ESRCH));
     }
 

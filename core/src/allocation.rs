@@ -13,10 +13,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
+use k8s_openapi::jiff::Timestamp;
+use kube_core::ResourceExt;
 
 use crate::crd::{AddressPool, AddressPoolStatus, FamilyUsage};
+use crate::index::{Index, ObjectKey};
 use crate::ipam::{Allocation, Assignment, Ipam, PoolConfig, ServiceKey, ServiceRequest};
+use crate::report::Once;
+pub use crate::report::Regarding;
 use crate::selector::Labels;
 use crate::service::{self, Handling};
 
@@ -33,48 +37,6 @@ pub mod reason {
     pub const POOL_INVALID: &str = "InvalidSpec";
     pub const POOL_CONFLICT: &str = "PoolConflict";
     pub const POOL_CONFLICT_RESOLVED: &str = "PoolConflictResolved";
-}
-
-/// The object an Event is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Regarding {
-    pub kind: &'static str,
-    pub api_version: &'static str,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub uid: Option<String>,
-}
-
-impl Regarding {
-    fn service(svc: &Service) -> Regarding {
-        Regarding {
-            kind: "Service",
-            api_version: "v1",
-            namespace: svc.namespace(),
-            name: svc.name_any(),
-            uid: svc.uid(),
-        }
-    }
-
-    fn service_key(key: &ServiceKey) -> Regarding {
-        Regarding {
-            kind: "Service",
-            api_version: "v1",
-            namespace: Some(key.namespace.clone()),
-            name: key.name.clone(),
-            uid: None,
-        }
-    }
-
-    fn pool(name: &str) -> Regarding {
-        Regarding {
-            kind: "AddressPool",
-            api_version: "routelb.io/v1alpha1",
-            namespace: None,
-            name: name.to_string(),
-            uid: None,
-        }
-    }
 }
 
 /// What the I/O layer must do.
@@ -147,7 +109,7 @@ pub struct Core {
     pending_since: HashMap<ServiceKey, (i64, u64)>,
     pending_seq: u64,
     /// Last failure reported per Service, so a repeated failure is not re-reported.
-    last_failure: HashMap<ServiceKey, String>,
+    last_failure: Once<ServiceKey>,
     deprecation_reported: HashSet<ServiceKey>,
     retry: bool,
     context: Option<String>,
@@ -180,7 +142,7 @@ impl Core {
             pending: BTreeSet::new(),
             pending_since: HashMap::new(),
             pending_seq: 0,
-            last_failure: HashMap::new(),
+            last_failure: Once::default(),
             deprecation_reported: HashSet::new(),
             retry: false,
             context: None,
@@ -364,8 +326,8 @@ impl Core {
     }
 
     /// A Service was deleted.
-    pub fn service_deleted(&mut self, svc: &Service) -> Vec<Effect> {
-        self.drop_service(&service::key(svc));
+    pub fn service_deleted(&mut self, key: &ServiceKey) -> Vec<Effect> {
+        self.drop_service(key);
         self.finish()
     }
 
@@ -380,36 +342,10 @@ impl Core {
         released
     }
 
-    /// A relist finished: handled Services missing from it were deleted while the watch
-    /// was down.
-    pub fn services_relisted(&mut self, present: &HashSet<ServiceKey>) -> Vec<Effect> {
-        let gone: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.drop_service(&key);
-        }
-        self.finish()
-    }
-
-    /// A relist finished: pools missing from it were deleted while the watch was down.
-    pub fn pools_relisted(&mut self, present: &HashSet<String>) -> Vec<Effect> {
-        let gone: Vec<String> = self
-            .pools
-            .keys()
-            .filter(|p| !present.contains(*p))
-            .cloned()
-            .collect();
-        gone.iter().flat_map(|p| self.pool_deleted(p)).collect()
-    }
-
     fn forget(&mut self, key: &ServiceKey) {
         self.services.remove(key);
         self.unpend(key);
-        self.last_failure.remove(key);
+        self.last_failure.clear(key);
         self.deprecation_reported.remove(key);
     }
 
@@ -510,7 +446,7 @@ impl Core {
         match self.ipam.allocate(&parsed.request) {
             Ok(allocation) => {
                 self.unpend(&key);
-                self.last_failure.remove(&key);
+                self.last_failure.clear(&key);
                 if allocation.changed {
                     self.report_assignment(
                         svc,
@@ -561,7 +497,7 @@ impl Core {
                 return false;
             }
             self.unpend(&key);
-            self.last_failure.remove(&key);
+            self.last_failure.clear(&key);
             self.event(
                 Regarding::service(svc),
                 false,
@@ -607,11 +543,9 @@ impl Core {
         note: String,
         count: Option<&'static str>,
     ) {
-        let key = service::key(svc);
-        if self.last_failure.get(&key) == Some(&note) {
+        if !self.last_failure.news(service::key(svc), &note) {
             return;
         }
-        self.last_failure.insert(key, note.clone());
         self.event(Regarding::service(svc), true, reason, note);
         if let Some(reason) = count {
             self.emit(Effect::Count(Outcome::Failed { reason }));
@@ -749,12 +683,14 @@ impl Core {
 
     // ----- pool status ----------------------------------------------------------------
 
-    /// The status a pool should have; `current` keeps condition transition times.
+    /// The status a pool should have at `now`; `current` keeps condition transition
+    /// times.
     pub fn pool_status(
         &self,
         name: &str,
         generation: Option<i64>,
         current: Option<&AddressPoolStatus>,
+        now: Timestamp,
     ) -> Option<AddressPoolStatus> {
         let entry = self.pools.get(name)?;
         let usage = self.ipam.pool_usage(name);
@@ -768,57 +704,39 @@ impl Core {
                 last_ip: u.last.to_string(),
             })
         };
-        let (used, truncated) = self.ipam.pool_used(name, self.settings.used_limit);
-        let cfg = self.ipam.pool(name);
         let conflict = usage.as_ref().and_then(|u| u.conflict.clone());
         let uncovered = usage
             .as_ref()
             .map(|u| u.uncovered.clone())
             .unwrap_or_default();
-        let (ready, ready_reason, ready_message) = match (&entry.error, cfg, &conflict) {
-            (Some(e), None, _) => (false, "InvalidSpec", e.clone()),
-            (_, _, Some(older)) => (
-                false,
-                "Conflict",
-                format!("overlaps the older AddressPool {older}"),
-            ),
-            (Some(e), Some(_), None) => (true, "InvalidSpec", e.clone()),
-            (None, Some(c), None) if c.disabled => (
-                false,
-                "Disabled",
-                "disabled: no new allocations; existing ones are kept".into(),
-            ),
-            (None, Some(_), None) => (true, "Ready", "assigning addresses".into()),
-            (None, None, None) => (false, "Unknown", "not loaded".into()),
-        };
-        let mut conditions = vec![condition(
-            "Ready",
-            ready,
-            ready_reason,
-            &ready_message,
+        let mut conditions = Conditions {
             generation,
             current,
-        )];
-        conditions.push(match &conflict {
-            Some(older) => condition(
+            now,
+            list: Vec::new(),
+        };
+        let (ready, reason, message) = readiness(
+            entry.error.as_ref(),
+            self.ipam.pool(name),
+            conflict.as_ref(),
+        );
+        conditions.set("Ready", ready, reason, &message);
+        match &conflict {
+            Some(older) => conditions.set(
                 "Conflict",
                 true,
                 "Overlap",
                 &format!("overlaps the older AddressPool {older}"),
-                generation,
-                current,
             ),
-            None => condition(
+            None => conditions.set(
                 "Conflict",
                 false,
                 "NoOverlap",
                 "no overlap with older pools",
-                generation,
-                current,
             ),
-        });
+        }
         if !uncovered.is_empty() {
-            conditions.push(condition(
+            conditions.set(
                 "Uncovered",
                 true,
                 "AddressesOutsidePool",
@@ -826,58 +744,115 @@ impl Core {
                     "assigned addresses outside spec.addresses, kept until released: {}",
                     list(&uncovered)
                 ),
-                generation,
-                current,
-            ));
+            );
         }
+        let (used, truncated) = self.ipam.pool_used(name, self.settings.used_limit);
+        let used = if truncated {
+            BTreeMap::new()
+        } else {
+            used.into_iter()
+                .map(|(a, holders)| {
+                    let holders: Vec<String> = holders.iter().map(ToString::to_string).collect();
+                    (a.to_string(), holders.join(","))
+                })
+                .collect()
+        };
         Some(AddressPoolStatus {
             ipv4: family(usage.as_ref().and_then(|u| u.ipv4.clone())),
             ipv6: family(usage.as_ref().and_then(|u| u.ipv6.clone())),
-            used: if truncated {
-                BTreeMap::new()
-            } else {
-                used.into_iter()
-                    .map(|(a, holders)| {
-                        (
-                            a.to_string(),
-                            holders
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        )
-                    })
-                    .collect()
-            },
+            used,
             used_truncated: truncated,
-            conditions,
+            conditions: conditions.list,
             observed_generation: generation,
         })
     }
 }
 
-/// A condition, keeping its transition time when its status did not change.
-fn condition(
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
+/// A pool's `Ready` condition: (status, reason, message).
+fn readiness(
+    error: Option<&String>,
+    cfg: Option<&PoolConfig>,
+    conflict: Option<&String>,
+) -> (bool, &'static str, String) {
+    match (error, cfg, conflict) {
+        (Some(e), None, _) => (false, "InvalidSpec", e.clone()),
+        (_, _, Some(older)) => (
+            false,
+            "Conflict",
+            format!("overlaps the older AddressPool {older}"),
+        ),
+        (Some(e), Some(_), None) => (true, "InvalidSpec", e.clone()),
+        (None, Some(c), None) if c.disabled => (
+            false,
+            "Disabled",
+            "disabled: no new allocations; existing ones are kept".into(),
+        ),
+        (None, Some(_), None) => (true, "Ready", "assigning addresses".into()),
+        (None, None, None) => (false, "Unknown", "not loaded".into()),
+    }
+}
+
+/// Conditions being built, keeping each one's transition time when its status did not
+/// change.
+struct Conditions<'a> {
     generation: Option<i64>,
-    current: Option<&AddressPoolStatus>,
-) -> Condition {
-    let status = if status { "True" } else { "False" };
-    let previous = current.and_then(|c| c.conditions.iter().find(|c| c.type_ == type_));
-    let last_transition_time = match previous {
-        Some(p) if p.status == status => p.last_transition_time.clone(),
-        _ => Time(k8s_openapi::jiff::Timestamp::now()),
-    };
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        observed_generation: generation,
-        last_transition_time,
+    current: Option<&'a AddressPoolStatus>,
+    now: Timestamp,
+    list: Vec<Condition>,
+}
+
+impl Conditions<'_> {
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        let status = if status { "True" } else { "False" };
+        let previous = self
+            .current
+            .and_then(|c| c.conditions.iter().find(|c| c.type_ == type_));
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => Time(self.now),
+        };
+        self.list.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            observed_generation: self.generation,
+            last_transition_time,
+        });
+    }
+}
+
+impl Index<Service> for Core {
+    type Out = Effect;
+    fn apply(&mut self, svc: Arc<Service>) -> Vec<Effect> {
+        self.service_applied(svc)
+    }
+    fn delete(&mut self, key: &ObjectKey) -> Vec<Effect> {
+        self.service_deleted(&ServiceKey::new(
+            key.namespace.clone().unwrap_or_default(),
+            key.name.clone(),
+        ))
+    }
+}
+
+impl Index<AddressPool> for Core {
+    type Out = Effect;
+    fn apply(&mut self, pool: Arc<AddressPool>) -> Vec<Effect> {
+        self.pool_applied(&pool)
+    }
+    fn delete(&mut self, key: &ObjectKey) -> Vec<Effect> {
+        self.pool_deleted(&key.name)
+    }
+}
+
+/// A deleted Namespace takes its Services with it; their deletions free the addresses.
+impl Index<Namespace> for Core {
+    type Out = Effect;
+    fn apply(&mut self, ns: Arc<Namespace>) -> Vec<Effect> {
+        self.namespace_applied(&ns)
+    }
+    fn delete(&mut self, _: &ObjectKey) -> Vec<Effect> {
+        Vec::new()
     }
 }
 
@@ -886,7 +861,7 @@ pub fn status_differs(a: &AddressPoolStatus, b: &AddressPoolStatus) -> bool {
     let strip = |s: &AddressPoolStatus| {
         let mut s = s.clone();
         for c in &mut s.conditions {
-            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
         }
         s
     };
@@ -973,7 +948,7 @@ mod tests {
             "the same failure is not re-reported"
         );
         assert_eq!(core.pending(), [ServiceKey::new("ns", "b")]);
-        let released = core.service_deleted(&svc("a", json!({})));
+        let released = core.service_deleted(&ServiceKey::new("ns", "a"));
         assert_eq!(
             published(&released),
             [("b".to_string(), vec!["192.0.2.1".to_string()])]

@@ -14,7 +14,7 @@ use crate::crd::{
     SecretKeyRef,
 };
 use crate::ipam::range::{AddrRange, Family, parse_entry};
-use crate::netlink::Prefix;
+use crate::net::{KernelContract, Prefix};
 use crate::selector::{Labels, Selector};
 
 /// Version of the context schema; bumped on incompatible changes.
@@ -193,11 +193,13 @@ pub fn cidrs(range: &AddrRange) -> Vec<Prefix> {
     }
 }
 
-/// Builds the context for a node from its RouterConfig, the BGPPeers, the pools and a
-/// password lookup. Peers whose nodeSelector does not select the node are left out.
+/// Builds the context for a node from its RouterConfig, the kernel contract it governs
+/// (see [`super::contract`]), the BGPPeers, the pools and a password lookup. Peers whose
+/// nodeSelector does not select the node are left out.
 pub fn build(
     node: &NodeInput,
     router: (&str, &RouterConfigSpec),
+    kernel: &KernelContract,
     peers: &[(String, BGPPeerSpec)],
     pools: &[(String, AddressPoolSpec)],
     password: &dyn Fn(&SecretKeyRef) -> Result<String, String>,
@@ -207,34 +209,10 @@ pub fn build(
         name: rc_name.to_string(),
         why,
     };
-    let ipv4 = node.addresses.iter().find(|a| a.is_ipv4()).copied();
-    let ipv6 = node.addresses.iter().find(|a| a.is_ipv6()).copied();
-    let router_id: Ipv4Addr = match &rc.router_id {
-        Some(id) => id
-            .parse()
-            .map_err(|_| rc_err(format!("routerID {id:?} is not an IPv4 address")))?,
-        None => match ipv4 {
-            Some(IpAddr::V4(a)) => a,
-            _ => {
-                return Err(rc_err(format!(
-                    "node {} has no IPv4 address to use as router ID; set spec.routerID",
-                    node.name
-                )));
-            }
-        },
-    };
+    let node_ctx = node_ctx(node);
+    let router_id = router_id(node, rc).map_err(rc_err)?;
     if rc.asn == 0 {
         return Err(rc_err("asn must be between 1 and 4294967295".into()));
-    }
-    let interface = rc.interface.clone().unwrap_or_else(|| "kube-lb0".into());
-    if !plain(&interface) || interface.len() > 15 {
-        return Err(rc_err(format!(
-            "interface {interface:?} is not a valid interface name"
-        )));
-    }
-    let table = rc.route_table.unwrap_or(200);
-    if table == 0 || (253..=255).contains(&table) {
-        return Err(rc_err(format!("routeTable {table} is reserved")));
     }
     let mut ctx_peers = Vec::new();
     for (name, p) in peers {
@@ -242,111 +220,17 @@ pub fn build(
             name: name.clone(),
             why,
         };
-        let selector = match &p.node_selector {
-            Some(s) => Selector::from_k8s(s).map_err(|e| perr(format!("nodeSelector: {e}")))?,
-            None => Selector::default(),
-        };
-        if !selector.matches(&node.labels) {
-            continue;
+        if let Some(peer) = peer_ctx(node, rc.asn, name, p, password).map_err(perr)? {
+            ctx_peers.push(peer);
         }
-        let address: IpAddr = p
-            .address
-            .trim()
-            .parse()
-            .map_err(|_| perr(format!("address {:?} is not an IP address", p.address)))?;
-        if p.asn == 0 {
-            return Err(perr("asn must be between 1 and 4294967295".into()));
-        }
-        let pw = match &p.password_secret_ref {
-            Some(r) => Some(
-                password(r)
-                    .and_then(|pw| check_password(&pw))
-                    .map_err(|why| perr(format!("passwordSecretRef: {why}")))?,
-            ),
-            None => None,
-        };
-        if let Some(h) = p.hold_time
-            && h != 0
-            && h < 3
-        {
-            return Err(perr("holdTime must be 0 or at least 3 seconds".into()));
-        }
-        let local = if address.is_ipv4() { ipv4 } else { ipv6 };
-        ctx_peers.push(PeerCtx {
-            name: name.clone(),
-            id: ident("peer", name),
-            address: address.to_string(),
-            family: if address.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
-            asn: p.asn,
-            port: p.port.unwrap_or(179),
-            ebgp: p.asn != rc.asn,
-            password: pw,
-            hold_time: p.hold_time,
-            keepalive: p.hold_time.map(|h| h / 3),
-            ebgp_multihop: p.ebgp_multihop,
-            bfd: p.bfd.as_ref().map(|b| BfdCtx {
-                receive_interval: b.receive_interval.unwrap_or(300),
-                transmit_interval: b.transmit_interval.unwrap_or(300),
-                detect_multiplier: b.detect_multiplier.unwrap_or(3),
-            }),
-            graceful_restart: p.graceful_restart.unwrap_or(false),
-            add_paths: p.add_paths.unwrap_or(false),
-            local_address: local.map(|a| a.to_string()),
-        });
     }
     ctx_peers.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ctx_pools = Vec::new();
-    for (name, spec) in pools {
-        if spec.mode != PoolMode::Routed {
-            continue;
-        }
-        let poerr = |why: String| ContextError::Pool {
+    for (name, spec) in pools.iter().filter(|(_, s)| s.mode == PoolMode::Routed) {
+        ctx_pools.push(pool_ctx(name, spec).map_err(|why| ContextError::Pool {
             name: name.clone(),
             why,
-        };
-        let mut prefixes = (Vec::new(), Vec::new());
-        for entry in &spec.addresses {
-            let range = parse_entry(entry).map_err(|e| poerr(e.to_string()))?;
-            let list = if range.family == Family::V4 {
-                &mut prefixes.0
-            } else {
-                &mut prefixes.1
-            };
-            list.extend(cidrs(&range).iter().map(ToString::to_string));
-        }
-        let bgp = spec.bgp.clone().unwrap_or_default();
-        let (mut communities, mut large) = (Vec::new(), Vec::new());
-        for c in &bgp.communities {
-            let parts: Vec<&str> = c.split(':').collect();
-            let ok = parts.iter().all(|p| p.parse::<u32>().is_ok());
-            match (parts.len(), ok) {
-                (2, true)
-                    if parts
-                        .iter()
-                        .all(|p| p.parse::<u32>().is_ok_and(|n| n <= 65535)) =>
-                {
-                    communities.push(c.clone())
-                }
-                (3, true) => large.push(c.clone()),
-                _ => {
-                    return Err(poerr(format!(
-                        "community {c:?} is neither ASN:VALUE (16-bit each) nor ASN:X:Y"
-                    )));
-                }
-            }
-        }
-        let (aggregation4, aggregation6) = AggregationLength::of(spec);
-        ctx_pools.push(PoolCtx {
-            name: name.clone(),
-            id: ident("pool", name),
-            prefixes4: prefixes.0,
-            prefixes6: prefixes.1,
-            aggregation4,
-            aggregation6,
-            communities,
-            large_communities: large,
-            local_preference: bgp.local_preference,
-        });
+        })?);
     }
     ctx_pools.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Context {
@@ -356,27 +240,149 @@ pub fn build(
             Daemon::Frr => "frr",
         }
         .into(),
-        node: NodeCtx {
-            name: node.name.clone(),
-            labels: node
-                .labels
-                .iter()
-                .filter(|(k, v)| plain(k) && (v.is_empty() || plain(v)))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            ipv4: ipv4.map(|a| a.to_string()),
-            ipv6: ipv6.map(|a| a.to_string()),
-        },
+        node: node_ctx,
         router_id: router_id.to_string(),
         asn: rc.asn,
         listen_port: rc.listen_port.unwrap_or(179),
         kernel: KernelCtx {
-            table,
-            protocol: rc.route_protocol.unwrap_or(249),
-            interface,
+            table: kernel.table,
+            protocol: kernel.protocol,
+            interface: kernel.interface.clone(),
         },
         peers: ctx_peers,
         pools: ctx_pools,
+    })
+}
+
+fn first(node: &NodeInput, v4: bool) -> Option<IpAddr> {
+    node.addresses.iter().find(|a| a.is_ipv4() == v4).copied()
+}
+
+fn node_ctx(node: &NodeInput) -> NodeCtx {
+    NodeCtx {
+        name: node.name.clone(),
+        labels: node
+            .labels
+            .iter()
+            .filter(|(k, v)| plain(k) && (v.is_empty() || plain(v)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        ipv4: first(node, true).map(|a| a.to_string()),
+        ipv6: first(node, false).map(|a| a.to_string()),
+    }
+}
+
+/// The RouterConfig's router ID, else the node's IPv4 address.
+fn router_id(node: &NodeInput, rc: &RouterConfigSpec) -> Result<Ipv4Addr, String> {
+    match (&rc.router_id, first(node, true)) {
+        (Some(id), _) => id
+            .parse()
+            .map_err(|_| format!("routerID {id:?} is not an IPv4 address")),
+        (None, Some(IpAddr::V4(a))) => Ok(a),
+        (None, _) => Err(format!(
+            "node {} has no IPv4 address to use as router ID; set spec.routerID",
+            node.name
+        )),
+    }
+}
+
+/// One peer's context, or `None` when its nodeSelector leaves this node out.
+fn peer_ctx(
+    node: &NodeInput,
+    local_asn: u32,
+    name: &str,
+    p: &BGPPeerSpec,
+    password: &dyn Fn(&SecretKeyRef) -> Result<String, String>,
+) -> Result<Option<PeerCtx>, String> {
+    let selector = match &p.node_selector {
+        Some(s) => Selector::from_k8s(s).map_err(|e| format!("nodeSelector: {e}"))?,
+        None => Selector::default(),
+    };
+    if !selector.matches(&node.labels) {
+        return Ok(None);
+    }
+    let address: IpAddr = p
+        .address
+        .trim()
+        .parse()
+        .map_err(|_| format!("address {:?} is not an IP address", p.address))?;
+    if p.asn == 0 {
+        return Err("asn must be between 1 and 4294967295".into());
+    }
+    let pw = match &p.password_secret_ref {
+        Some(r) => Some(
+            password(r)
+                .and_then(|pw| check_password(&pw))
+                .map_err(|why| format!("passwordSecretRef: {why}"))?,
+        ),
+        None => None,
+    };
+    if let Some(h) = p.hold_time
+        && h != 0
+        && h < 3
+    {
+        return Err("holdTime must be 0 or at least 3 seconds".into());
+    }
+    Ok(Some(PeerCtx {
+        name: name.to_string(),
+        id: ident("peer", name),
+        address: address.to_string(),
+        family: if address.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+        asn: p.asn,
+        port: p.port.unwrap_or(179),
+        ebgp: p.asn != local_asn,
+        password: pw,
+        hold_time: p.hold_time,
+        keepalive: p.hold_time.map(|h| h / 3),
+        ebgp_multihop: p.ebgp_multihop,
+        bfd: p.bfd.as_ref().map(|b| BfdCtx {
+            receive_interval: b.receive_interval.unwrap_or(300),
+            transmit_interval: b.transmit_interval.unwrap_or(300),
+            detect_multiplier: b.detect_multiplier.unwrap_or(3),
+        }),
+        graceful_restart: p.graceful_restart.unwrap_or(false),
+        add_paths: p.add_paths.unwrap_or(false),
+        local_address: first(node, address.is_ipv4()).map(|a| a.to_string()),
+    }))
+}
+
+/// A routed pool's context: its prefixes and BGP attributes.
+fn pool_ctx(name: &str, spec: &AddressPoolSpec) -> Result<PoolCtx, String> {
+    let mut prefixes = (Vec::new(), Vec::new());
+    for entry in &spec.addresses {
+        let range = parse_entry(entry).map_err(|e| e.to_string())?;
+        let list = if range.family == Family::V4 {
+            &mut prefixes.0
+        } else {
+            &mut prefixes.1
+        };
+        list.extend(cidrs(&range).iter().map(ToString::to_string));
+    }
+    let bgp = spec.bgp.clone().unwrap_or_default();
+    let (mut communities, mut large) = (Vec::new(), Vec::new());
+    for c in &bgp.communities {
+        let parts: Vec<Option<u32>> = c.split(':').map(|p| p.parse().ok()).collect();
+        match parts.as_slice() {
+            [Some(a), Some(b)] if *a <= 65535 && *b <= 65535 => communities.push(c.clone()),
+            [Some(_), Some(_), Some(_)] => large.push(c.clone()),
+            _ => {
+                return Err(format!(
+                    "community {c:?} is neither ASN:VALUE (16-bit each) nor ASN:X:Y"
+                ));
+            }
+        }
+    }
+    let (aggregation4, aggregation6) = AggregationLength::of(spec);
+    Ok(PoolCtx {
+        name: name.to_string(),
+        id: ident("pool", name),
+        prefixes4: prefixes.0,
+        prefixes6: prefixes.1,
+        aggregation4,
+        aggregation6,
+        communities,
+        large_communities: large,
+        local_preference: bgp.local_preference,
     })
 }
 
@@ -458,7 +464,15 @@ mod tests {
                 peer(json!({"address": "2001:db8::1", "asn": 64512, "holdTime": 9, "bfd": {}})),
             ),
         ];
-        let ctx = build(&node(), ("default", &rc()), &peers, &[], &no_secrets).unwrap();
+        let ctx = build(
+            &node(),
+            ("default", &rc()),
+            &KernelContract::default(),
+            &peers,
+            &[],
+            &no_secrets,
+        )
+        .unwrap();
         let names: Vec<&str> = ctx.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["leaf-a", "v6.spine"]);
         assert_eq!(ctx.peers[1].id, "peer_v6_spine");
@@ -492,22 +506,43 @@ mod tests {
             "",
         ] {
             let lookup = |_: &SecretKeyRef| Ok(bad.to_string());
-            let err = build(&node(), ("default", &rc()), &with_pw, &[], &lookup).unwrap_err();
+            let err = build(
+                &node(),
+                ("default", &rc()),
+                &KernelContract::default(),
+                &with_pw,
+                &[],
+                &lookup,
+            )
+            .unwrap_err();
             assert!(
                 err.to_string().starts_with("BGPPeer p: passwordSecretRef:"),
                 "{err}"
             );
         }
-        let ok = build(&node(), ("default", &rc()), &with_pw, &[], &|_| {
-            Ok("s3cr3t-pw".into())
-        })
+        let ok = build(
+            &node(),
+            ("default", &rc()),
+            &KernelContract::default(),
+            &with_pw,
+            &[],
+            &|_| Ok("s3cr3t-pw".into()),
+        )
         .unwrap();
         assert_eq!(ok.peers[0].password.as_deref(), Some("s3cr3t-pw"));
         let bad_addr = vec![(
             "p".to_string(),
             peer(json!({"address": "192.0.2.1 as 1; } protocol x {", "asn": 64500})),
         )];
-        let err = build(&node(), ("default", &rc()), &bad_addr, &[], &no_secrets).unwrap_err();
+        let err = build(
+            &node(),
+            ("default", &rc()),
+            &KernelContract::default(),
+            &bad_addr,
+            &[],
+            &no_secrets,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("is not an IP address"), "{err}");
         let bad_pool: Vec<(String, AddressPoolSpec)> = vec![(
             "p".into(),
@@ -516,14 +551,31 @@ mod tests {
             )
             .unwrap(),
         )];
-        assert!(build(&node(), ("default", &rc()), &[], &bad_pool, &no_secrets).is_err());
+        assert!(
+            build(
+                &node(),
+                ("default", &rc()),
+                &KernelContract::default(),
+                &[],
+                &bad_pool,
+                &no_secrets
+            )
+            .is_err()
+        );
         let mut bad_rc = rc();
         bad_rc.router_id = Some("1.2.3.4; }".into());
         assert!(
-            build(&node(), ("default", &bad_rc), &[], &[], &no_secrets)
-                .unwrap_err()
-                .to_string()
-                .contains("routerID")
+            build(
+                &node(),
+                ("default", &bad_rc),
+                &KernelContract::default(),
+                &[],
+                &[],
+                &no_secrets
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("routerID")
         );
     }
 
@@ -533,7 +585,15 @@ mod tests {
             ("public".into(), serde_json::from_value(json!({"addresses": ["203.0.113.0/24", "2001:db8:1::/64"], "aggregationLength": {"ipv4": 24}, "bgp": {"communities": ["65000:100", "64512:1:2"], "localPreference": 200}})).unwrap()),
             ("l2".into(), serde_json::from_value(json!({"addresses": ["198.51.100.0/24"], "mode": "local"})).unwrap()),
         ];
-        let ctx = build(&node(), ("default", &rc()), &[], &pools, &no_secrets).unwrap();
+        let ctx = build(
+            &node(),
+            ("default", &rc()),
+            &KernelContract::default(),
+            &[],
+            &pools,
+            &no_secrets,
+        )
+        .unwrap();
         assert_eq!(ctx.pools.len(), 1);
         let p = &ctx.pools[0];
         assert_eq!(

@@ -1,23 +1,24 @@
 //! What this node announces, pure: from its Node, the Services with routelb addresses,
-//! their EndpointSlices and the AddressPools, to the desired dataplane state.
+//! their EndpointSlices and the AddressPools, to the node's [`NodeState`].
 //!
 //! [`decide`] is the rule for one Service; [`Model`] applies it incrementally as objects
 //! change (a Service or EndpointSlice event recomputes one Service; only Node and pool
 //! changes recompute the Services they affect) and keeps reference counts so addresses
-//! shared by several Services stay announced while any of them wants them here.
+//! shared by several Services stay announced while any of them wants them here. A
+//! Service is read once per event into [`ServiceFacts`]; the model keeps only those.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 
 use crate::crd::{AddressPool, AggregationLength, PoolMode};
-use crate::dataplane::Desired;
+use crate::index::{Index, ObjectKey};
 use crate::ipam::ServiceKey;
-use crate::netlink::Prefix;
+use crate::net::{NodeState, Prefix};
 use crate::selector::Labels;
 use crate::service::{self, Handling};
 
@@ -73,6 +74,44 @@ impl PoolFacts {
     }
 }
 
+/// What the node's decisions need of a Service with routelb addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceFacts {
+    pub uid: Option<String>,
+    /// The pool its addresses came from (`routelb.io/allocated-from`).
+    pub pool: String,
+    /// `status.loadBalancer.ingress`, IPv4 first.
+    pub addresses: Vec<IpAddr>,
+    /// `externalTrafficPolicy: Local`.
+    pub local_policy: bool,
+}
+
+impl ServiceFacts {
+    /// Reads a Service; `None` when it is not this node's business at all (not handled
+    /// by routelb, or no addresses from routelb yet).
+    pub fn of(svc: &Service, handle_class_less: bool) -> Option<ServiceFacts> {
+        if service::handling(svc, handle_class_less) != Handling::Handled {
+            return None;
+        }
+        let pool = service::allocated_from(svc)?.to_string();
+        let addresses = service::ingress_ips(svc);
+        if addresses.is_empty() {
+            return None;
+        }
+        let local_policy = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.external_traffic_policy.as_deref())
+            == Some("Local");
+        Some(ServiceFacts {
+            uid: svc.uid(),
+            pool,
+            addresses,
+            local_policy,
+        })
+    }
+}
+
 /// The decision for one Service on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -99,28 +138,17 @@ pub fn ready_endpoint_on(node: &str, slice: &EndpointSlice) -> bool {
     })
 }
 
-/// The rule for one Service. `None` when the Service is not this node's business at all
-/// (not handled by routelb, no addresses yet, or from a `local` (L2) pool, which is
-/// announced elsewhere).
+/// The rule for one Service. `None` when the Service is from a `local` (L2) pool, which
+/// is announced elsewhere.
 pub fn decide(
     node: Option<&NodeFacts>,
-    svc: &Service,
+    svc: &ServiceFacts,
     ready_here: bool,
     pool: Option<&PoolFacts>,
-    handle_class_less: bool,
 ) -> Option<Decision> {
-    if service::handling(svc, handle_class_less) != Handling::Handled {
-        return None;
-    }
-    let pool_name = service::allocated_from(svc)?;
-    let addresses = service::ingress_ips(svc);
-    if addresses.is_empty() {
-        return None;
-    }
     // A pool that is gone: keep announcing with defaults until the allocator moves it.
     let facts = pool.copied().unwrap_or_default();
     if facts.mode == PoolMode::Local {
-        tracing::debug!(service = %service::key(svc), pool = pool_name, "from a local (L2) pool: not announced by routing");
         return None;
     }
     let Some(node) = node else {
@@ -134,19 +162,17 @@ pub fn decide(
             node.name
         )));
     }
-    let local = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.external_traffic_policy.as_deref())
-        == Some("Local");
-    if local && !ready_here {
+    if svc.local_policy && !ready_here {
         return Some(Decision::Withhold(format!(
             "externalTrafficPolicy is Local and node {} has no ready endpoint",
             node.name
         )));
     }
     Some(Decision::Announce(
-        addresses.iter().map(|a| (*a, facts.prefix(*a))).collect(),
+        svc.addresses
+            .iter()
+            .map(|a| (*a, facts.prefix(*a)))
+            .collect(),
     ))
 }
 
@@ -166,7 +192,7 @@ pub struct Model {
     handle_class_less: bool,
     node: Option<NodeFacts>,
     pools: HashMap<String, PoolFacts>,
-    services: HashMap<ServiceKey, Arc<Service>>,
+    services: HashMap<ServiceKey, ServiceFacts>,
     /// Per Service, per EndpointSlice name: whether it has a ready endpoint here.
     ready: HashMap<ServiceKey, HashMap<String, bool>>,
     decided: HashMap<ServiceKey, Decision>,
@@ -189,9 +215,9 @@ impl Model {
         }
     }
 
-    /// The dataplane state: every address some Service wants announced here.
-    pub fn desired(&self) -> Desired {
-        Desired {
+    /// The node's state: every address some Service wants announced here.
+    pub fn desired(&self) -> NodeState {
+        NodeState {
             addresses: self.addresses.keys().copied().collect(),
             prefixes: self.prefixes.keys().copied().collect(),
         }
@@ -202,46 +228,10 @@ impl Model {
         self.decided.get(key)
     }
 
-    /// A relist finished: Services missing from it were deleted while the watch was down.
-    pub fn services_relisted(&mut self, present: &HashSet<ServiceKey>) -> Vec<Change> {
-        let gone: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
-            .collect();
-        gone.iter().flat_map(|k| self.service_deleted(k)).collect()
-    }
-
-    /// A relist finished: EndpointSlices, as (namespace, name), missing from it are gone.
-    pub fn slices_relisted(&mut self, present: &HashSet<(String, String)>) -> Vec<Change> {
-        let gone: Vec<(String, String)> = self
-            .ready
-            .iter()
-            .flat_map(|(k, slices)| slices.keys().map(|s| (k.namespace.clone(), s.clone())))
-            .filter(|k| !present.contains(k))
-            .collect();
-        gone.iter()
-            .flat_map(|(ns, n)| self.slice_deleted(ns, n))
-            .collect()
-    }
-
-    /// A relist finished: pools missing from it were deleted while the watch was down.
-    pub fn pools_relisted(&mut self, present: &HashSet<String>) -> Vec<Change> {
-        let gone: Vec<String> = self
-            .pools
-            .keys()
-            .filter(|p| !present.contains(*p))
-            .cloned()
-            .collect();
-        gone.iter().flat_map(|p| self.pool_deleted(p)).collect()
-    }
-
     fn recompute(&mut self, key: &ServiceKey) -> Option<Change> {
         let after = self.services.get(key).and_then(|svc| {
             let ready = self.ready.get(key).is_some_and(|m| m.values().any(|r| *r));
-            let pool = service::allocated_from(svc).and_then(|p| self.pools.get(p));
-            decide(self.node.as_ref(), svc, ready, pool, self.handle_class_less)
+            decide(self.node.as_ref(), svc, ready, self.pools.get(&svc.pool))
         });
         let before = self.decided.get(key).cloned();
         if before == after {
@@ -263,7 +253,7 @@ impl Model {
             Some(d) => self.decided.insert(key.clone(), d.clone()),
             None => self.decided.remove(key),
         };
-        let uid = self.services.get(key).and_then(|s| s.uid());
+        let uid = self.services.get(key).and_then(|s| s.uid.clone());
         Some(Change {
             key: key.clone(),
             uid,
@@ -272,7 +262,7 @@ impl Model {
         })
     }
 
-    fn recompute_all(&mut self, filter: impl Fn(&Service) -> bool) -> Vec<Change> {
+    fn recompute_all(&mut self, filter: impl Fn(&ServiceFacts) -> bool) -> Vec<Change> {
         let keys: Vec<ServiceKey> = self
             .services
             .iter()
@@ -284,7 +274,17 @@ impl Model {
 
     pub fn service_applied(&mut self, svc: Arc<Service>) -> Vec<Change> {
         let key = service::key(&svc);
-        self.services.insert(key.clone(), svc);
+        match ServiceFacts::of(&svc, self.handle_class_less) {
+            Some(f) => {
+                if self.services.get(&key) == Some(&f) {
+                    return Vec::new();
+                }
+                self.services.insert(key.clone(), f);
+            }
+            None => {
+                self.services.remove(&key);
+            }
+        }
         self.recompute(&key).into_iter().collect()
     }
 
@@ -330,14 +330,14 @@ impl Model {
         if self.pools.insert(name.clone(), facts) == Some(facts) {
             return Vec::new();
         }
-        self.recompute_all(|s| service::allocated_from(s) == Some(name.as_str()))
+        self.recompute_all(|s| s.pool == name)
     }
 
     pub fn pool_deleted(&mut self, name: &str) -> Vec<Change> {
         if self.pools.remove(name).is_none() {
             return Vec::new();
         }
-        self.recompute_all(|s| service::allocated_from(s) == Some(name))
+        self.recompute_all(|s| s.pool == name)
     }
 
     pub fn node_applied(&mut self, node: &Node) -> Vec<Change> {
@@ -357,6 +357,50 @@ impl Model {
             return Vec::new();
         }
         self.recompute_all(|_| true)
+    }
+}
+
+impl Index<Service> for Model {
+    type Out = Change;
+    fn apply(&mut self, svc: Arc<Service>) -> Vec<Change> {
+        self.service_applied(svc)
+    }
+    fn delete(&mut self, key: &ObjectKey) -> Vec<Change> {
+        self.service_deleted(&ServiceKey::new(
+            key.namespace.clone().unwrap_or_default(),
+            key.name.clone(),
+        ))
+    }
+}
+
+impl Index<EndpointSlice> for Model {
+    type Out = Change;
+    fn apply(&mut self, slice: Arc<EndpointSlice>) -> Vec<Change> {
+        self.slice_applied(&slice)
+    }
+    fn delete(&mut self, key: &ObjectKey) -> Vec<Change> {
+        self.slice_deleted(key.namespace.as_deref().unwrap_or_default(), &key.name)
+    }
+}
+
+/// The agent watches its own Node only.
+impl Index<Node> for Model {
+    type Out = Change;
+    fn apply(&mut self, node: Arc<Node>) -> Vec<Change> {
+        self.node_applied(&node)
+    }
+    fn delete(&mut self, _: &ObjectKey) -> Vec<Change> {
+        self.node_deleted()
+    }
+}
+
+impl Index<AddressPool> for Model {
+    type Out = Change;
+    fn apply(&mut self, pool: Arc<AddressPool>) -> Vec<Change> {
+        self.pool_applied(&pool)
+    }
+    fn delete(&mut self, key: &ObjectKey) -> Vec<Change> {
+        self.pool_deleted(&key.name)
     }
 }
 

@@ -1,0 +1,205 @@
+//! Writing Service statuses and `allocated-from` annotations: the latest desired state
+//! per Service, one write at a time per Service, several Services at once, and only
+//! while the leadership fence holds for the term that decided it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+use routelb_core::ipam::ServiceKey;
+use routelb_core::service;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::{ERRORS, ERRORS_HELP};
+use crate::k8s::leader::Fence;
+use crate::metrics::METRICS;
+
+/// What a Service should show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Desired {
+    addresses: Vec<IpAddr>,
+    pool: Option<String>,
+}
+
+#[derive(Default)]
+struct Queue {
+    desired: HashMap<ServiceKey, Desired>,
+    order: VecDeque<ServiceKey>,
+    queued: HashSet<ServiceKey>,
+    in_flight: HashSet<ServiceKey>,
+    /// What was last written and the resourceVersion the write produced.
+    written: HashMap<ServiceKey, (Desired, u64)>,
+}
+
+/// Writes Service statuses and annotations: latest desired state per Service, one write
+/// at a time per Service, several Services at once.
+pub(super) struct ServiceWriter {
+    client: Client,
+    cache: Store<Service>,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    fence: Fence,
+    term: u64,
+}
+
+impl ServiceWriter {
+    /// A writer for one term of leadership.
+    pub(super) fn new(
+        client: Client,
+        cache: Store<Service>,
+        fence: Fence,
+        term: u64,
+    ) -> ServiceWriter {
+        ServiceWriter {
+            client,
+            cache,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            fence,
+            term,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a Service to show `addresses` from `pool`; `observed` is the
+    /// resourceVersion of the version that showed otherwise.
+    pub(super) fn submit(
+        &self,
+        key: ServiceKey,
+        addresses: Vec<IpAddr>,
+        pool: Option<String>,
+        observed: Option<String>,
+    ) {
+        let desired = Desired { addresses, pool };
+        let observed = observed.and_then(|rv| rv.parse::<u64>().ok());
+        let mut q = self.lock();
+        // A stale observation of a state we already wrote needs no second write.
+        if let (Some((written, rv)), Some(obs)) = (q.written.get(&key), observed)
+            && *written == desired
+            && *rv >= obs
+        {
+            return;
+        }
+        q.desired.insert(key.clone(), desired);
+        if !q.in_flight.contains(&key) && q.queued.insert(key.clone()) {
+            q.order.push_back(key);
+            drop(q);
+            self.notify.notify_one();
+        }
+    }
+
+    /// One worker: takes Services off the queue and writes them, until aborted.
+    pub(super) async fn work(self: Arc<Self>) {
+        loop {
+            let job = {
+                let mut q = self.lock();
+                let key = q.order.pop_front();
+                key.map(|k| {
+                    q.queued.remove(&k);
+                    q.in_flight.insert(k.clone());
+                    let d = q.desired.remove(&k);
+                    (k, d)
+                })
+            };
+            let Some((key, desired)) = job else {
+                self.notify.notified().await;
+                continue;
+            };
+            let mut retry = false;
+            if let Some(desired) = desired {
+                match self.write(&key, &desired).await {
+                    Ok(Some(rv)) => {
+                        self.lock().written.insert(key.clone(), (desired, rv));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        METRICS.inc(
+                            ERRORS,
+                            ERRORS_HELP,
+                            &[("component", "allocator"), ("operation", "service_status")],
+                            1.0,
+                        );
+                        tracing::warn!(service = %key, error = %e, "writing Service status failed; retrying");
+                        let mut q = self.lock();
+                        q.desired.entry(key.clone()).or_insert(desired);
+                        retry = true;
+                    }
+                }
+            }
+            if retry {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let mut q = self.lock();
+            q.in_flight.remove(&key);
+            if q.desired.contains_key(&key) && q.queued.insert(key.clone()) {
+                q.order.push_back(key);
+                drop(q);
+                self.notify.notify_one();
+            }
+        }
+    }
+
+    /// Brings one Service's status and annotation to `desired`. Returns the resulting
+    /// resourceVersion, or `None` when the Service is gone or already right.
+    async fn write(&self, key: &ServiceKey, desired: &Desired) -> kube::Result<Option<u64>> {
+        if !self.fence.holds(self.term) {
+            // Leadership is not proven any more: another replica may be deciding.
+            tracing::debug!(service = %key, "not writing: the leadership fence does not hold");
+            return Ok(None);
+        }
+        let cached = self
+            .cache
+            .get(&ObjectRef::new(&key.name).within(&key.namespace));
+        let Some(current) = cached else {
+            return Ok(None);
+        };
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
+        let mut rv = None;
+        if service::ingress_ips(&current) != desired.addresses {
+            let ingress: Vec<serde_json::Value> = desired
+                .addresses
+                .iter()
+                .map(|a| json!({"ip": a.to_string(), "ipMode": "VIP"}))
+                .collect();
+            let value = if ingress.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json!(ingress)
+            };
+            let patch = json!({"status": {"loadBalancer": {"ingress": value}}});
+            match api
+                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(s) => rv = s.resource_version(),
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        if service::allocated_from(&current) != desired.pool.as_deref() {
+            let patch =
+                json!({"metadata": {"annotations": {service::ALLOCATED_FROM: desired.pool}}});
+            if !self.fence.holds(self.term) {
+                return Ok(None);
+            }
+            match api
+                .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(s) => rv = s.resource_version(),
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(rv.and_then(|rv| rv.parse().ok()))
+    }
+}

@@ -1,0 +1,176 @@
+//! BIRD 2 over its control socket: `configure check` to validate (`bird -p` when the
+//! daemon is down), `configure` to reload, `show status` to probe.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{DaemonError, RoutingDaemon, check_file, output_text, run};
+
+/// BIRD, where its configuration and control socket are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bird {
+    /// Where the configuration is written (the daemon's `-c`).
+    pub config: PathBuf,
+    /// The control socket (the daemon's `-s`).
+    pub socket: PathBuf,
+}
+
+/// A reply from BIRD's control socket that failed: its code (8xxx, 9xxx) and text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub code: u16,
+    pub message: String,
+}
+
+impl Bird {
+    /// Runs one command; a refused command is `Ok(Err(..))`, with BIRD's message.
+    pub fn command(&self, command: &str) -> Result<Result<Vec<String>, Refused>, DaemonError> {
+        bird_command(&self.socket, command)
+    }
+}
+
+impl RoutingDaemon for Bird {
+    fn name(&self) -> &'static str {
+        "bird"
+    }
+
+    fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    fn probe(&self) -> Result<String, DaemonError> {
+        match self.command("show status")? {
+            Ok(lines) => Ok(lines.join(" ")),
+            Err(r) => Err(DaemonError::Failed {
+                what: "show status".into(),
+                errno: None,
+                message: r.message,
+            }),
+        }
+    }
+
+    fn validate(&self, text: &str) -> Result<(), DaemonError> {
+        check_file(&self.config, text, |file| {
+            // The daemon itself checks (same version, same paths); without it, bird -p.
+            match self.command(&format!("configure check \"{}\"", file.display())) {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(refused)) => Err(DaemonError::Invalid {
+                    message: refused.message,
+                }),
+                Err(e) if e.is_unreachable() => bird_parse(file),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn reload(&self) -> Result<(), DaemonError> {
+        match self.command(&format!("configure \"{}\"", self.config.display()))? {
+            Ok(_) => Ok(()),
+            Err(refused) => Err(DaemonError::Failed {
+                what: "configure".into(),
+                errno: None,
+                message: refused.message,
+            }),
+        }
+    }
+}
+
+fn bird_parse(file: &Path) -> Result<(), DaemonError> {
+    let out = run(Command::new("bird").args(["-p", "-c"]).arg(file)).map_err(|e| {
+        DaemonError::Unreachable {
+            what: "the daemon is down and bird -p cannot run".into(),
+            errno: None,
+            message: e.to_string(),
+        }
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DaemonError::Invalid {
+            message: output_text(&out),
+        })
+    }
+}
+
+/// Runs one command over BIRD's control socket. Returns the reply's lines, or BIRD's
+/// refusal (a final code of 8xxx or 9xxx) with its message.
+pub fn bird_command(
+    socket: &Path,
+    command: &str,
+) -> Result<Result<Vec<String>, Refused>, DaemonError> {
+    let at = |what: &str| format!("{what} {}", socket.display());
+    let stream =
+        UnixStream::connect(socket).map_err(|e| DaemonError::unreachable(at("connect"), &e))?;
+    let timeout = Some(Duration::from_secs(30));
+    let _ = stream.set_read_timeout(timeout);
+    let _ = stream.set_write_timeout(timeout);
+    let mut reader = BufReader::new(
+        stream
+            .try_clone()
+            .map_err(|e| DaemonError::unreachable(at("use"), &e))?,
+    );
+    let mut writer = stream;
+    let mut read_reply = || -> Result<(u16, Vec<String>), DaemonError> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| DaemonError::unreachable(at("read from"), &e))?;
+            if n == 0 {
+                return Err(DaemonError::Unreachable {
+                    what: at("read from"),
+                    errno: None,
+                    message: "the daemon closed the connection".into(),
+                });
+            }
+            let line = line.trim_end_matches('\n').to_string();
+            let code = line.get(..4).and_then(|c| c.parse::<u16>().ok());
+            let last = code.is_some() && line.as_bytes().get(4) == Some(&b' ');
+            let text = match code {
+                Some(_) => line.get(5..).unwrap_or_default().to_string(),
+                None => line.trim_start_matches(['+', ' ']).to_string(),
+            };
+            lines.push(text);
+            if last {
+                return Ok((code.unwrap_or(0), lines));
+            }
+        }
+    };
+    // The greeting ("0001 BIRD 2.0.12 ready.").
+    read_reply()?;
+    writer
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| DaemonError::unreachable(at("write to"), &e))?;
+    let (code, lines) = read_reply()?;
+    if code >= 8000 {
+        return Ok(Err(Refused {
+            code,
+            message: lines.join(" | "),
+        }));
+    }
+    Ok(Ok(lines))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absent_bird_socket_is_unreachable_not_invalid() {
+        let err = bird_command(Path::new("/nonexistent/bird.ctl"), "show status").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DaemonError::Unreachable {
+                    errno: Some(libc::ENOENT),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
