@@ -308,25 +308,30 @@ pub struct Target<'a> {
 /// routing daemon still reads an older contract, both are kept: the one it reads first).
 /// A route slot (destination and table) belongs to the first contract that wants it;
 /// another of routelb's routes in that slot is replaced, never removed and re-added.
+/// Addresses live on one interface only, the first kept contract's: FRR 8's zebra loses
+/// track of an address that is on two interfaces at once, so an address moves (removed,
+/// then added elsewhere, in one batch) rather than being doubled.
 /// `drop` are contracts no longer used: their entries go, unless a kept contract wants
 /// the same entry. Additions come first, then replacements, then removals (make before
-/// break).
+/// break), except that an address moving between interfaces leaves the old one first.
 pub fn plan(vip_mode: VipMode, keep: &[Target], drop: &[Target], state: &NodeState) -> Vec<Op> {
     let mut want_addrs: BTreeSet<(u32, Prefix)> = BTreeSet::new();
     let mut want_routes: BTreeMap<(Prefix, u32), Route> = BTreeMap::new();
     let mut want_local: BTreeMap<(Prefix, u32), Route> = BTreeMap::new();
     let mut ifnames: BTreeMap<u32, String> = BTreeMap::new();
+    let addr_link = keep.iter().find_map(|t| t.link).map(|l| l.index);
     for t in keep {
         let Some(link) = t.link else { continue };
         ifnames.insert(link.index, link.name.clone());
         let oif = Some(link.index);
         match vip_mode {
-            VipMode::Address => want_addrs.extend(
+            VipMode::Address if Some(link.index) == addr_link => want_addrs.extend(
                 state
                     .addresses
                     .iter()
                     .map(|a| (link.index, Prefix::host(*a))),
             ),
+            VipMode::Address => {}
             VipMode::LocalRoute => {
                 for a in &state.addresses {
                     let r = Route {
@@ -383,6 +388,17 @@ pub fn plan(vip_mode: VipMode, keep: &[Target], drop: &[Target], state: &NodeSta
     let mut adds = Vec::new();
     let mut replaces = Vec::new();
     let mut removes = Vec::new();
+    let added: BTreeSet<Prefix> = want_addrs
+        .difference(&have_addrs)
+        .map(|(_, p)| *p)
+        .collect();
+    // Addresses moving to another interface leave the old one first.
+    adds.extend(
+        have_addrs
+            .difference(&want_addrs)
+            .filter(|(_, p)| added.contains(p))
+            .map(|a| addr_op(false, *a)),
+    );
     adds.extend(
         want_addrs
             .difference(&have_addrs)
@@ -408,6 +424,7 @@ pub fn plan(vip_mode: VipMode, keep: &[Target], drop: &[Target], state: &NodeSta
     removes.extend(
         have_addrs
             .difference(&want_addrs)
+            .filter(|(_, p)| !added.contains(p))
             .map(|a| addr_op(false, *a)),
     );
     adds.extend(replaces);
@@ -637,8 +654,8 @@ mod tests {
             routes: [route("203.0.113.10", 32, 200, 249, 7)].into(),
             local_routes: BTreeSet::new(),
         };
-        // While the daemon reads the old contract, its route keeps the slot; the new
-        // interface gets the address too.
+        // While the daemon reads the old contract, its route keeps the slot and its
+        // interface the address.
         let keep = [
             Target {
                 contract: &old,
@@ -651,19 +668,13 @@ mod tests {
                 observed: &Observed::default(),
             },
         ];
-        assert_eq!(
-            ops(plan(VipMode::Address, &keep, &[], &state)),
-            ["add 203.0.113.10/32 to kube-lb1"]
-        );
-        // Once it reads the new one, the route is replaced in place.
-        let in_new = Observed {
-            addresses: [Prefix::host(ip("203.0.113.10"))].into(),
-            ..Observed::default()
-        };
+        assert!(plan(VipMode::Address, &keep, &[], &state).is_empty());
+        // Once it reads the new one, the address moves and the route is replaced in
+        // place.
         let keep = [Target {
             contract: &new,
             link: Some(&l1),
-            observed: &in_new,
+            observed: &Observed::default(),
         }];
         let drop = [Target {
             contract: &old,
@@ -673,8 +684,9 @@ mod tests {
         assert_eq!(
             ops(plan(VipMode::Address, &keep, &drop, &state)),
             [
+                "remove 203.0.113.10/32 from kube-lb0",
+                "add 203.0.113.10/32 to kube-lb1",
                 "replace route 203.0.113.10/32 table 200 proto 250",
-                "remove 203.0.113.10/32 from kube-lb0"
             ]
         );
     }

@@ -197,6 +197,37 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// The changes to the route to `addr` in an `ip monitor route` log: for each, whether it
+/// was a deletion and the next hops it had.
+pub fn route_changes(log: &str, addr: IpAddr) -> Vec<(bool, BTreeSet<IpAddr>)> {
+    let mut out: Vec<(bool, BTreeSet<IpAddr>)> = Vec::new();
+    let mut current = false;
+    for line in log.lines() {
+        let record = !line.starts_with([' ', '\t']);
+        if record {
+            let (deleted, rest) = match line.strip_prefix("Deleted ") {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            current = rest.split_whitespace().next() == Some(&addr.to_string());
+            if current {
+                out.push((deleted, BTreeSet::new()));
+            }
+        }
+        if current {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let hops = words
+                .windows(2)
+                .filter(|w| w[0] == "via")
+                .filter_map(|w| w[1].parse::<IpAddr>().ok());
+            if let Some(last) = out.last_mut() {
+                last.1.extend(hops);
+            }
+        }
+    }
+    out
+}
+
 /// Removes what labs left behind: their namespaces and the processes recorded in
 /// `/tmp/routelb-lab-*/pids` (a lab killed before it could clean up).
 pub fn down() -> anyhow::Result<usize> {
@@ -907,6 +938,35 @@ impl Lab {
             &["ip", "route", "show", &addr.to_string()],
         )
         .unwrap_or_default()
+    }
+
+    /// Starts recording every route change the router's kernel announces
+    /// (`ip monitor route`), for [`Lab::stop_route_monitor`].
+    pub fn start_route_monitor(&mut self, router: usize) -> anyhow::Result<()> {
+        let ns = self.routers[router].netns.clone();
+        let log = self.dir.join(format!("route-monitor-{router}.log"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, "ip", "monitor", "route"]);
+        self.spawn(&format!("monitor-{router}"), &mut cmd, &log)?;
+        // `ip monitor` subscribes right after it starts.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    }
+
+    /// Stops the route monitor and returns what it recorded.
+    pub fn stop_route_monitor(&mut self, router: usize) -> String {
+        self.stop_proc(&format!("monitor-{router}"), "-TERM");
+        std::fs::read_to_string(self.dir.join(format!("route-monitor-{router}.log")))
+            .unwrap_or_default()
+    }
+
+    /// A node's routes in a table (`ip route show table N`, both families), as text.
+    pub fn node_routes(&self, i: usize, table: u32) -> String {
+        let ns = &self.nodes[i].netns;
+        let t = table.to_string();
+        let v4 = in_ns(ns, &["ip", "route", "show", "table", &t]).unwrap_or_default();
+        let v6 = in_ns(ns, &["ip", "-6", "route", "show", "table", &t]).unwrap_or_default();
+        v4 + &v6
     }
 
     /// The next hops of the router's route to an address.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::events::v1::Event;
@@ -321,4 +322,152 @@ async fn with_two_leaves_each_node_peers_only_with_its_own() {
     lab.wait_nexthops(1, ip, &lab.node_addrs([2]), WAIT)
         .await
         .unwrap();
+}
+
+/// Watches the router's next hops for `ip` until `done` has held for three seconds,
+/// failing as soon as one is missing.
+async fn keep_nexthops_until(lab: &Lab, ip: std::net::IpAddr, done: impl Fn(&Lab) -> bool) {
+    let all = lab.node_addrs(0..lab.nodes.len());
+    let start = Instant::now();
+    let mut settled: Option<Instant> = None;
+    while settled.is_none_or(|t| t.elapsed() < Duration::from_secs(3)) {
+        assert_eq!(lab.nexthops(0, ip), all, "the router lost a next hop");
+        if settled.is_none() && done(lab) {
+            settled = Some(Instant::now());
+        }
+        assert!(start.elapsed() < WAIT, "not done in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether node `i` holds `ip` under the kernel contract `(interface, table)`.
+fn holds(lab: &Lab, i: usize, ip: std::net::IpAddr, interface: &str, table: u32) -> bool {
+    let ns = &lab.nodes[i].netns;
+    let addrs = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ip", "-o", "addr", "show", "dev", interface,
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let route = lab.node_routes(i, table);
+    let ip = format!("{ip} ");
+    addrs.contains(&format!("{}/", ip.trim())) && route.contains(&ip)
+}
+
+/// Changes the RouterConfig's kernel contract (`change`: its new fields) on every node
+/// of `kind`, first while their daemons refuse the new configuration (a broken
+/// template), then once they accept it; the router must keep every next hop throughout
+/// and see no change that drops one.
+async fn move_kernel_contract(
+    kind: Kind,
+    change: serde_json::Value,
+    old: (&str, u32),
+    new: (&str, u32),
+    reads: impl Fn(&str, &str) -> bool,
+) {
+    let mut lab = up(kind, &[kind; 3]).await;
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..3);
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    lab.start_route_monitor(0).unwrap();
+    let (template, config, broken) = match kind {
+        Kind::Bird => (
+            "bird.conf.tera",
+            "bird.conf",
+            "\nprotocol bgp broken { neighbor as; }\n",
+        ),
+        Kind::Frr => (
+            "frr.conf.tera",
+            "frr/frr.conf",
+            "\nrouter bgp 64512\n neighbor 192.0.2.1 remote-as bogus\n",
+        ),
+    };
+    let template = lab.dir.join("templates").join(template);
+    let good = std::fs::read_to_string(&template).unwrap();
+    std::fs::write(&template, format!("{good}{broken}")).unwrap();
+    let mut spec = serde_json::json!({
+        "asn": 64512,
+        "daemon": kind.name(),
+        "nodeSelector": {"matchLabels": {"lab.routelb.io/daemon": kind.name()}},
+    });
+    for (k, v) in change.as_object().expect("fields") {
+        spec[k] = v.clone();
+    }
+    lab.apply_routelb(
+        "RouterConfig",
+        "routerconfigs",
+        &format!("lab-{}", kind.name()),
+        spec,
+    )
+    .await
+    .unwrap();
+    // What the daemon was given: its configuration, and the contract recorded beside it.
+    let read = |lab: &Lab, i: usize| {
+        let path = lab.nodes[i].dir.join(config);
+        let given = path.with_file_name(format!(
+            "{}.routelb",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        reads(
+            &std::fs::read_to_string(&path).unwrap_or_default(),
+            &std::fs::read_to_string(given).unwrap_or_default(),
+        )
+    };
+    // The new table is filled, and the old contract, which the daemons still read, is
+    // kept (addresses stay on its interface: they move only once the daemon follows).
+    keep_nexthops_until(&lab, ip, |lab| {
+        (0..3).all(|i| {
+            lab.node_routes(i, new.1).contains(&format!("{ip} "))
+                && holds(lab, i, ip, old.0, old.1)
+                && !read(lab, i)
+        })
+    })
+    .await;
+    // Once they can load it, they read the new one and the old one is emptied.
+    std::fs::write(&template, &good).unwrap();
+    keep_nexthops_until(&lab, ip, |lab| {
+        (0..3).all(|i| {
+            holds(lab, i, ip, new.0, new.1) && !holds(lab, i, ip, old.0, old.1) && read(lab, i)
+        })
+    })
+    .await;
+    // Every change the router's kernel saw kept all three next hops.
+    let log = lab.stop_route_monitor(0);
+    for (deleted, hops) in lab::route_changes(&log, ip) {
+        assert!(
+            !deleted && hops == all,
+            "the router's route to {ip} lost next hops while the contract moved:\n{log}"
+        );
+    }
+    // New Services are announced under the new contract.
+    lab.create_service("after", false).await.unwrap();
+    let after = lab.external_ip("after", WAIT).await.unwrap();
+    lab.wait_nexthops(0, after, &all, WAIT).await.unwrap();
+    assert!(holds(&lab, 1, after, new.0, new.1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_route_table_on_the_router_config_withdraws_nothing() {
+    move_kernel_contract(
+        Kind::Bird,
+        serde_json::json!({"routeTable": 201}),
+        ("kube-lb0", 200),
+        ("kube-lb0", 201),
+        |conf, given| conf.contains("kernel table 201") && given.contains("\"table\":201"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_interface_on_the_router_config_withdraws_nothing() {
+    move_kernel_contract(
+        Kind::Frr,
+        serde_json::json!({"interface": "kube-lb1"}),
+        ("kube-lb0", 200),
+        ("kube-lb1", 200),
+        |_, given| given.contains("\"interface\":\"kube-lb1\""),
+    )
+    .await;
 }

@@ -98,11 +98,15 @@ fn output_text(out: &Output) -> String {
         }
         s.push_str(stdout.trim());
     }
-    s.lines()
-        .filter(|l| !l.contains("vtysh.conf"))
-        .take(12)
-        .collect::<Vec<_>>()
-        .join(" | ")
+    let lines: Vec<&str> = s.lines().filter(|l| !l.contains("vtysh.conf")).collect();
+    // Tools that log their progress (frr-reload.py): the errors are what matters.
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("ERROR") || l.contains("% ") || l.contains("Failed"))
+        .collect();
+    let shown = if errors.is_empty() { lines } else { errors };
+    shown.into_iter().take(12).collect::<Vec<_>>().join(" | ")
 }
 
 /// `path` with `.suffix` appended to its file name.
