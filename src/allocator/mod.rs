@@ -180,23 +180,7 @@ pub async fn run(
         false,
         "waiting for the Service, AddressPool and Namespace caches",
     );
-    for reason in [
-        "out_of_ips",
-        "no_pool",
-        "already_allocated",
-        "invalid_annotation",
-        "address_not_in_pool",
-    ] {
-        METRICS.declare(FAILURES, FAILURES_HELP, &[("reason", reason)]);
-    }
-    for operation in ["service_status", "pool_status"] {
-        METRICS.declare(
-            ERRORS,
-            ERRORS_HELP,
-            &[("component", "allocator"), ("operation", operation)],
-        );
-    }
-    METRICS.set("routelb_leader", LEADER_HELP, &[], 0.0);
+    declare_metrics();
     let mut session: Option<Session> = None;
     let mut tick = tokio::time::interval(opts.status_interval);
     loop {
@@ -217,16 +201,14 @@ pub async fn run(
             }
             _ = shutdown.changed() => break,
         }
-        let all_synced = caches.synced();
         // Leading means the elector says so and the fence proves it, for one term.
         let term = fence.term().filter(|_| *leading.borrow());
-        match (&session, term.filter(|_| all_synced)) {
+        match (&session, term.filter(|_| caches.synced())) {
             (None, Some(term)) => {
                 // Everything queued before now is in the caches.
                 while let Ok(input) = inputs.try_recv() {
                     caches.feed(None, input);
                 }
-                let started = std::time::Instant::now();
                 let s = Session::start(
                     client.clone(),
                     &opts,
@@ -235,17 +217,7 @@ pub async fn run(
                     fence.clone(),
                     term,
                 );
-                tracing::info!(
-                    term,
-                    services = s.core.service_count(),
-                    pools = s.core.pool_names().len(),
-                    pending = s.core.pending_count(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "leading: restored assignments and allocated"
-                );
                 health.set(true, "leader: assigning addresses");
-                METRICS.set("routelb_leader", LEADER_HELP, &[], 1.0);
-                pool_gauges(&s.core);
                 session = Some(s);
             }
             (Some(s), t) if t != Some(s.term) => {
@@ -253,19 +225,9 @@ pub async fn run(
                 if let Some(s) = session.take() {
                     s.stop();
                 }
-                METRICS.set("routelb_leader", LEADER_HELP, &[], 0.0);
-                health.set(
-                    all_synced,
-                    if all_synced {
-                        "follower: caches synced"
-                    } else {
-                        "waiting for caches"
-                    },
-                );
+                follower_health(&health, caches.synced());
             }
-            (None, None) if all_synced && !health.ready() => {
-                health.set(true, "follower: caches synced")
-            }
+            (None, None) if caches.synced() && !health.ready() => follower_health(&health, true),
             _ => {}
         }
     }
@@ -275,6 +237,38 @@ pub async fn run(
     stop_election.send_replace(true);
     let _ = election.await;
     Ok(())
+}
+
+fn follower_health(health: &Health, synced: bool) {
+    health.set(
+        synced,
+        if synced {
+            "follower: caches synced"
+        } else {
+            "waiting for caches"
+        },
+    );
+}
+
+/// Metrics shown at zero before anything happens.
+fn declare_metrics() {
+    for reason in [
+        "out_of_ips",
+        "no_pool",
+        "already_allocated",
+        "invalid_annotation",
+        "address_not_in_pool",
+    ] {
+        METRICS.declare(FAILURES, FAILURES_HELP, &[("reason", reason)]);
+    }
+    for operation in ["service_status", "pool_status"] {
+        METRICS.declare(
+            ERRORS,
+            ERRORS_HELP,
+            &[("component", "allocator"), ("operation", operation)],
+        );
+    }
+    METRICS.set("routelb_leader", LEADER_HELP, &[], 0.0);
 }
 
 /// The state of one term as leader.
@@ -322,20 +316,33 @@ impl Session {
             fence,
             term,
         };
+        let started = std::time::Instant::now();
         let effects = s.core.restore(
             &caches.services.state(),
             &caches.pools.state(),
             &caches.namespaces.state(),
         );
         s.carry_out(effects);
+        tracing::info!(
+            term,
+            services = s.core.service_count(),
+            pools = s.core.pool_names().len(),
+            pending = s.core.pending_count(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "leading: restored assignments and allocated"
+        );
+        METRICS.set("routelb_leader", LEADER_HELP, &[], 1.0);
+        pool_gauges(&s.core);
         s
     }
 
+    /// Ends the term: pending Service and pool writes are aborted.
     fn stop(mut self) {
         for w in self.workers {
             w.abort();
         }
         self.pool_writes.abort_all();
+        METRICS.set("routelb_leader", LEADER_HELP, &[], 0.0);
     }
 
     fn carry_out(&mut self, effects: Vec<Effect>) {

@@ -274,3 +274,32 @@ impl LeaderElector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_holds_for_one_term_within_the_deadline() {
+        let fence = Fence::new(Duration::from_millis(200));
+        assert_eq!(fence.term(), None, "nothing proven yet");
+        fence.renewed_at(boottime(), true);
+        let term = fence.term().expect("just renewed");
+        assert!(fence.holds(term));
+        // Renewals within the term keep it; they do not start a new one.
+        fence.renewed_at(boottime(), false);
+        assert!(fence.holds(term));
+        // Without renewal the fence runs out by the clock alone.
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!fence.holds(term));
+        // A renewal sent before the wait proves nothing now.
+        fence.renewed_at(boottime() - Duration::from_millis(300), false);
+        assert!(!fence.holds(term));
+        // A new acquisition is a new term: the old term's writers stay fenced off.
+        fence.renewed_at(boottime(), true);
+        assert!(!fence.holds(term));
+        assert!(fence.holds(term + 1));
+        fence.revoke();
+        assert_eq!(fence.term(), None);
+    }
+}

@@ -96,3 +96,54 @@ async fn allocator_probes_and_metrics_follow_what_it_does() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_events_become_a_series_and_changed_notes_new_events() {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{Api, ListParams};
+    use routelb::k8s::events::{Note, Publisher};
+    use routelb_core::ipam::ServiceKey;
+    use routelb_core::report::Regarding;
+
+    let c = Cluster::new().await;
+    let publisher = Publisher::start(c.client.clone(), "routelb.io/test", "t-1", None);
+    let note = |text: &str| Note {
+        regarding: Regarding::service_key(&ServiceKey::new(NS, "web")),
+        warning: true,
+        reason: "AllocationFailed".into(),
+        action: "Allocate".into(),
+        note: text.into(),
+    };
+    let api: Api<Event> = Api::namespaced(c.client.clone(), NS);
+    let list = || async {
+        let mut l = api
+            .list(&ListParams::default().fields("regarding.name=web"))
+            .await
+            .unwrap()
+            .items;
+        l.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        l
+    };
+    for _ in 0..3 {
+        publisher.publish(note("AddressPool tiny has no free address"));
+        // One at a time: the queue publishes concurrently.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = eventually("one Event counted three times", || async {
+        let l = list().await;
+        (l.len() == 1 && l[0].series.as_ref().is_some_and(|s| s.count == 3)).then_some(l)
+    })
+    .await;
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    // Another note about the same object and reason is news, not a repetition.
+    publisher.publish(note("AddressPool tiny is disabled"));
+    let events = eventually("a second Event", || async {
+        Some(list().await).filter(|l| l.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        events[1].note.as_deref(),
+        Some("AddressPool tiny is disabled")
+    );
+    assert!(events[1].series.is_none());
+}
