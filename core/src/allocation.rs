@@ -828,10 +828,7 @@ impl Index<Service> for Core {
         self.service_applied(svc)
     }
     fn delete(&mut self, key: &ObjectKey) -> Vec<Effect> {
-        self.service_deleted(&ServiceKey::new(
-            key.namespace.clone().unwrap_or_default(),
-            key.name.clone(),
-        ))
+        self.service_deleted(&key.into())
     }
 }
 

@@ -27,6 +27,12 @@ impl ObjectKey {
     }
 }
 
+impl From<&ObjectKey> for crate::ipam::ServiceKey {
+    fn from(k: &ObjectKey) -> crate::ipam::ServiceKey {
+        crate::ipam::ServiceKey::new(k.namespace.clone().unwrap_or_default(), k.name.clone())
+    }
+}
+
 /// What a component keeps of one kind of object.
 pub trait Index<K> {
     /// What the component learns from a change (effects, changed decisions).

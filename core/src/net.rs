@@ -459,6 +459,18 @@ mod tests {
         }
     }
 
+    fn target<'a>(
+        contract: &'a KernelContract,
+        link: &'a Link,
+        observed: &'a Observed,
+    ) -> Target<'a> {
+        Target {
+            contract,
+            link: Some(link),
+            observed,
+        }
+    }
+
     fn ops(v: Vec<Op>) -> Vec<String> {
         v.iter().map(ToString::to_string).collect()
     }
@@ -518,11 +530,7 @@ mod tests {
             .into(),
             local_routes: BTreeSet::new(),
         };
-        let keep = [Target {
-            contract: &contract,
-            link: Some(&l),
-            observed: &observed,
-        }];
+        let keep = [target(&contract, &l, &observed)];
         assert_eq!(
             ops(plan(VipMode::Address, &keep, &[], &state)),
             [
@@ -542,11 +550,7 @@ mod tests {
             .into(),
             local_routes: BTreeSet::new(),
         };
-        let keep = [Target {
-            contract: &contract,
-            link: Some(&l),
-            observed: &matching,
-        }];
+        let keep = [target(&contract, &l, &matching)];
         assert!(plan(VipMode::Address, &keep, &[], &state).is_empty());
     }
 
@@ -562,11 +566,7 @@ mod tests {
             addresses: [Prefix::host(ip("203.0.113.10"))].into(),
             ..Observed::default()
         };
-        let keep = [Target {
-            contract: &contract,
-            link: Some(&l),
-            observed: &observed,
-        }];
+        let keep = [target(&contract, &l, &observed)];
         assert_eq!(
             ops(plan(VipMode::LocalRoute, &keep, &[], &state)),
             [
@@ -598,18 +598,7 @@ mod tests {
             ..Observed::default()
         };
         // The daemon still reads table 200: both are kept, 201 is filled.
-        let keep = [
-            Target {
-                contract: &old,
-                link: Some(&l),
-                observed: &in_old,
-            },
-            Target {
-                contract: &new,
-                link: Some(&l),
-                observed: &in_new,
-            },
-        ];
+        let keep = [target(&old, &l, &in_old), target(&new, &l, &in_new)];
         assert_eq!(
             ops(plan(VipMode::Address, &keep, &[], &state)),
             ["add route 203.0.113.10/32 table 201 proto 249"]
@@ -619,16 +608,8 @@ mod tests {
             routes: [route("203.0.113.10", 32, 201, 249, 7)].into(),
             ..in_new.clone()
         };
-        let keep = [Target {
-            contract: &new,
-            link: Some(&l),
-            observed: &filled,
-        }];
-        let drop = [Target {
-            contract: &old,
-            link: Some(&l),
-            observed: &in_old,
-        }];
+        let keep = [target(&new, &l, &filled)];
+        let drop = [target(&old, &l, &in_old)];
         assert_eq!(
             ops(plan(VipMode::Address, &keep, &drop, &state)),
             ["remove route 203.0.113.10/32 table 200 proto 249"]
@@ -645,6 +626,7 @@ mod tests {
             protocol: 250,
         };
         let (l0, l1) = (link(7, "kube-lb0"), link(8, "kube-lb1"));
+        let empty = Observed::default();
         let state = NodeState {
             addresses: [ip("203.0.113.10")].into(),
             prefixes: [Prefix::host(ip("203.0.113.10"))].into(),
@@ -656,31 +638,12 @@ mod tests {
         };
         // While the daemon reads the old contract, its route keeps the slot and its
         // interface the address.
-        let keep = [
-            Target {
-                contract: &old,
-                link: Some(&l0),
-                observed: &in_old,
-            },
-            Target {
-                contract: &new,
-                link: Some(&l1),
-                observed: &Observed::default(),
-            },
-        ];
+        let keep = [target(&old, &l0, &in_old), target(&new, &l1, &empty)];
         assert!(plan(VipMode::Address, &keep, &[], &state).is_empty());
         // Once it reads the new one, the address moves and the route is replaced in
         // place.
-        let keep = [Target {
-            contract: &new,
-            link: Some(&l1),
-            observed: &Observed::default(),
-        }];
-        let drop = [Target {
-            contract: &old,
-            link: Some(&l0),
-            observed: &in_old,
-        }];
+        let keep = [target(&new, &l1, &empty)];
+        let drop = [target(&old, &l0, &in_old)];
         assert_eq!(
             ops(plan(VipMode::Address, &keep, &drop, &state)),
             [

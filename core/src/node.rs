@@ -366,10 +366,7 @@ impl Index<Service> for Model {
         self.service_applied(svc)
     }
     fn delete(&mut self, key: &ObjectKey) -> Vec<Change> {
-        self.service_deleted(&ServiceKey::new(
-            key.namespace.clone().unwrap_or_default(),
-            key.name.clone(),
-        ))
+        self.service_deleted(&key.into())
     }
 }
 

@@ -34,6 +34,29 @@ pub enum Input {
     Secret(WatchEvent<Secret>),
 }
 
+/// What can be watched into a cache.
+pub trait Watchable:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Starts watches that all feed one channel.
 #[derive(Clone)]
 pub struct Watches {
@@ -57,13 +80,7 @@ impl Watches {
     /// Watches every object of a cluster-scoped or all namespaces' kind.
     pub fn all<K>(&self, wrap: fn(WatchEvent<K>) -> Input) -> Store<K>
     where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watchable,
     {
         self.watch(
             Api::all(self.client.clone()),
@@ -75,13 +92,7 @@ impl Watches {
     /// Watches one named cluster-scoped object (the agent's own Node).
     pub fn named<K>(&self, name: &str, wrap: fn(WatchEvent<K>) -> Input) -> Store<K>
     where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watchable,
     {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         self.watch(Api::all(self.client.clone()), config, wrap)
@@ -90,13 +101,7 @@ impl Watches {
     /// Watches the objects of one namespace.
     pub fn namespaced<K>(&self, namespace: &str, wrap: fn(WatchEvent<K>) -> Input) -> Store<K>
     where
-        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watchable + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     {
         let api = Api::namespaced(self.client.clone(), namespace);
         self.watch(api, watcher::Config::default(), wrap)
@@ -109,13 +114,7 @@ impl Watches {
         wrap: fn(WatchEvent<K>) -> Input,
     ) -> Store<K>
     where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
+        K: Watchable,
     {
         watch_into(api, config, self.tx.clone(), move |e| {
             wrap(match e {

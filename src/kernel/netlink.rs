@@ -28,7 +28,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use routelb_core::net::{Link, Notification, Op, Prefix, Route};
 
-use super::{Kernel, OpError};
+use super::{Kernel, OpError, benign};
 
 /// Messages per batch: keeps the acknowledgements within the socket's receive buffer.
 const BATCH: usize = 512;
@@ -51,21 +51,6 @@ fn family(addr: IpAddr) -> AddressFamily {
 
 fn nlerr(code: i32) -> io::Error {
     io::Error::from_raw_os_error(-code)
-}
-
-/// Whether an errno means "already as wanted" for an operation. A route add that meets
-/// EEXIST is not benign: another route (not ours: ours were dumped) holds the slot.
-fn benign(op: &Op, errno: i32) -> bool {
-    match op {
-        Op::AddrAdd { .. } => errno == libc::EEXIST,
-        Op::RouteAdd(_) | Op::RouteReplace(_) => false,
-        Op::AddrDel { .. } | Op::RouteDel(_) => {
-            matches!(
-                errno,
-                libc::ESRCH | libc::ENOENT | libc::EADDRNOTAVAIL | libc::ENODEV
-            )
-        }
-    }
 }
 
 fn addr_message(index: u32, prefix: Prefix) -> AddressMessage {

@@ -138,38 +138,38 @@ pub fn contract(
             contract.protocol
         ));
     }
-    let mut notes = Vec::new();
-    let mut overridden = |flag: &str, field: &str, given: String, used: String| {
-        if given != used {
-            notes.push(format!(
-                "RouterConfig {name} sets {field} {used}; the agent's {flag} {given} applies only where no RouterConfig sets it"
-            ));
-        }
-    };
-    if let (Some(f), Some(_)) = (&flags.interface, &spec.interface) {
-        overridden(
+    let overridden = [
+        (
             "--interface",
             "interface",
-            f.clone(),
-            contract.interface.clone(),
-        );
-    }
-    if let (Some(f), Some(_)) = (flags.table, spec.route_table) {
-        overridden(
+            flags.interface.clone().zip(spec.interface.clone()),
+        ),
+        (
             "--route-table",
             "routeTable",
-            f.to_string(),
-            contract.table.to_string(),
-        );
-    }
-    if let (Some(f), Some(_)) = (flags.protocol, spec.route_protocol) {
-        overridden(
+            flags
+                .table
+                .zip(spec.route_table)
+                .map(|(f, s)| (f.to_string(), s.to_string())),
+        ),
+        (
             "--route-protocol",
             "routeProtocol",
-            f.to_string(),
-            contract.protocol.to_string(),
-        );
-    }
+            flags
+                .protocol
+                .zip(spec.route_protocol)
+                .map(|(f, s)| (f.to_string(), s.to_string())),
+        ),
+    ];
+    let notes = overridden
+        .into_iter()
+        .filter_map(|(flag, field, values)| {
+            let (given, used) = values.filter(|(f, s)| f != s)?;
+            Some(format!(
+                "RouterConfig {name} sets {field} {used}; the agent's {flag} {given} applies only where no RouterConfig sets it"
+            ))
+        })
+        .collect();
     Ok((contract, notes))
 }
 
