@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube_core::ResourceExt;
 
-use crate::crd::{AddressPool, AddressPoolStatus, FamilyUsage};
+use crate::crd::{AddressPool, AddressPoolStatus, BGPPeer, ConditionsStatus, FamilyUsage};
 use crate::index::{Index, ObjectKey};
 use crate::ipam::{Allocation, Assignment, Ipam, PoolConfig, ServiceKey, ServiceRequest};
 use crate::report::Once;
@@ -110,6 +110,8 @@ pub struct Core {
     pending_seq: u64,
     /// Last failure reported per Service, so a repeated failure is not re-reported.
     last_failure: Once<ServiceKey>,
+    /// Statuses cleared because they showed what the Service cannot have.
+    cleared: Once<ServiceKey>,
     deprecation_reported: HashSet<ServiceKey>,
     retry: bool,
     context: Option<String>,
@@ -143,6 +145,7 @@ impl Core {
             pending_since: HashMap::new(),
             pending_seq: 0,
             last_failure: Once::default(),
+            cleared: Once::default(),
             deprecation_reported: HashSet::new(),
             retry: false,
             context: None,
@@ -260,14 +263,9 @@ impl Core {
                 },
             };
             let request = self.request_for_restore(svc);
-            if let Err(e) = self.ipam.restore(&request, &hint, &ips) {
-                self.event(
-                    Regarding::service(svc),
-                    true,
-                    reason::CONFLICT,
-                    format!("{e}; allocating again"),
-                );
-            }
+            // A status that cannot be restored (another Service holds the address, the
+            // pool is gone) is sorted out by `handle`, which says so.
+            let _ = self.ipam.restore(&request, &hint, &ips);
         }
         for svc in &ordered {
             match service::handling(svc, self.settings.handle_class_less) {
@@ -346,6 +344,7 @@ impl Core {
         self.services.remove(key);
         self.unpend(key);
         self.last_failure.clear(key);
+        self.cleared.clear(key);
         self.deprecation_reported.remove(key);
     }
 
@@ -437,9 +436,14 @@ impl Core {
             );
         }
         let before = self.ipam.assignment(&key);
-        if before.is_none() && service::allocated_from(svc).is_none() {
+        if before.is_none() {
+            // The Service shows addresses routelb has not assigned to it: another load
+            // balancer's, an interrupted write, or someone's edit.
             let shown = service::ingress_ips(svc);
-            if !shown.is_empty() && self.adopt_or_hold(svc, &parsed.request, &shown) {
+            if shown.is_empty() {
+                // A cleared status took effect: the next such edit is news again.
+                self.cleared.clear(&key);
+            } else if self.adopt_or_hold(svc, &parsed.request, &shown) {
                 return;
             }
         }
@@ -479,11 +483,14 @@ impl Core {
         }
     }
 
-    /// A Service showing addresses routelb did not assign (another load balancer's, from
-    /// before a migration): adopted when the pools cover them, otherwise kept, reported
-    /// and retried when pools change, never replaced. Returns false when the addresses
-    /// cannot be adopted because another Service holds them: then the Service is
-    /// allocated afresh, as at startup.
+    /// A Service showing addresses routelb did not assign to it (another load balancer's,
+    /// from before a migration; an interrupted write; an edit): adopted when one pool
+    /// covers them and nobody holds them; kept, reported and retried when pools change
+    /// when no pool covers them (never replaced, but never announced: routelb's
+    /// annotation, if any, is removed). Returns false when they cannot be adopted because
+    /// another Service holds them (or the pool refuses them): then the status is cleared,
+    /// with an Event, and the Service allocated afresh. An address is never shown on two
+    /// Services.
     fn adopt_or_hold(&mut self, svc: &Service, request: &ServiceRequest, shown: &[IpAddr]) -> bool {
         let key = service::key(svc);
         let pools: Vec<Option<String>> = shown
@@ -493,7 +500,16 @@ impl Core {
         if let Some(Some(pool)) = pools.first().cloned()
             && pools.iter().all(|p| p.as_deref() == Some(pool.as_str()))
         {
-            if self.ipam.restore(request, &pool, shown).is_err() {
+            if let Err(e) = self.ipam.restore(request, &pool, shown) {
+                let note = format!(
+                    "status.loadBalancer.ingress showed {}, which routelb cannot give this Service ({e}); cleared it",
+                    list(shown)
+                );
+                // Retries see the same (cached) version until the write echoes back.
+                if self.cleared.news(key.clone(), &note) {
+                    self.event(Regarding::service(svc), true, reason::CONFLICT, note);
+                    self.publish(svc, &[], None);
+                }
                 return false;
             }
             self.unpend(&key);
@@ -531,6 +547,10 @@ impl Core {
         };
         self.report_failure(svc, reason::NOT_IN_POOL, note, Some("address_not_in_pool"));
         self.pend(svc);
+        // Not routelb's: never announced as if it were.
+        if service::allocated_from(svc).is_some() {
+            self.publish(svc, shown, None);
+        }
         true
     }
 
@@ -711,7 +731,7 @@ impl Core {
             .unwrap_or_default();
         let mut conditions = Conditions {
             generation,
-            current,
+            current: current.map_or(&[], |c| c.conditions.as_slice()),
             now,
             list: Vec::new(),
         };
@@ -796,7 +816,7 @@ fn readiness(
 /// change.
 struct Conditions<'a> {
     generation: Option<i64>,
-    current: Option<&'a AddressPoolStatus>,
+    current: &'a [Condition],
     now: Timestamp,
     list: Vec<Condition>,
 }
@@ -804,9 +824,7 @@ struct Conditions<'a> {
 impl Conditions<'_> {
     fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         let status = if status { "True" } else { "False" };
-        let previous = self
-            .current
-            .and_then(|c| c.conditions.iter().find(|c| c.type_ == type_));
+        let previous = self.current.iter().find(|c| c.type_ == type_);
         let last_transition_time = match previous {
             Some(p) if p.status == status => p.last_transition_time.clone(),
             _ => Time(self.now),
@@ -851,6 +869,49 @@ impl Index<Namespace> for Core {
     fn delete(&mut self, _: &ObjectKey) -> Vec<Effect> {
         Vec::new()
     }
+}
+
+/// The status a BGPPeer should have at `now`: whether the allocator finds it usable
+/// (`Valid`), from the checks that do not depend on a node (a node may still leave it
+/// out, for its password or its own address: the agents say so in Events).
+pub fn peer_status(peer: &BGPPeer, now: Timestamp) -> ConditionsStatus {
+    let generation = peer.metadata.generation;
+    let current = peer
+        .status
+        .as_ref()
+        .map_or(&[][..], |s| s.conditions.as_slice());
+    let mut conditions = Conditions {
+        generation,
+        current,
+        now,
+        list: Vec::new(),
+    };
+    match crate::routing::context::check_peer(&peer.spec) {
+        Ok(_) => conditions.set("Valid", true, "Valid", "rendered for the nodes it selects"),
+        Err(why) => conditions.set(
+            "Valid",
+            false,
+            "Invalid",
+            &format!("{why}; nodes keep its last valid version, or leave it out"),
+        ),
+    }
+    ConditionsStatus {
+        conditions: conditions.list,
+        observed_generation: generation,
+    }
+}
+
+/// Whether two lists of conditions differ in anything but transition times.
+pub fn conditions_differ(a: &[Condition], b: &[Condition]) -> bool {
+    let strip = |l: &[Condition]| {
+        l.iter()
+            .map(|c| Condition {
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                ..c.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    strip(a) != strip(b)
 }
 
 /// Whether two statuses differ in anything but condition transition times.
@@ -1003,5 +1064,83 @@ mod tests {
         let effects = core.service_applied(svc("a", json!({"spec": {"type": "ClusterIP"}, "metadata": {"annotations": {"routelb.io/allocated-from": "p"}}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}})));
         assert_eq!(reasons(&effects), ["AddressReleased"]);
         assert_eq!(published(&effects), [("a".to_string(), vec![])]);
+    }
+
+    #[test]
+    fn a_status_showing_another_services_address_is_cleared_with_an_event() {
+        let forged = |annotated: bool| {
+            let mut v = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+            if annotated {
+                v["metadata"] = json!({"annotations": {"routelb.io/allocated-from": "p"}});
+            }
+            svc("sb", v)
+        };
+        for annotated in [false, true] {
+            // A running leader sees the edit.
+            let mut core = Core::new(Settings::default());
+            core.restore(
+                &[svc("sa", shown("192.0.2.1")), svc("sb", json!({}))],
+                &[pool("p", &["192.0.2.1"])],
+                &[],
+            );
+            let effects = core.service_applied(forged(annotated));
+            assert_eq!(
+                published(&effects),
+                [("sb".to_string(), vec![])],
+                "{effects:?}"
+            );
+            assert!(
+                reasons(&effects).contains(&"AddressConflict"),
+                "{effects:?}"
+            );
+            assert!(core.pending().contains(&ServiceKey::new("ns", "sb")));
+            // A leader restarting on it does the same, and sa keeps its address.
+            let mut core = Core::new(Settings::default());
+            let effects = core.restore(
+                &[svc("sa", shown("192.0.2.1")), forged(annotated)],
+                &[pool("p", &["192.0.2.1"])],
+                &[],
+            );
+            assert_eq!(
+                published(&effects),
+                [("sb".to_string(), vec![])],
+                "{effects:?}"
+            );
+            assert_eq!(
+                reasons(&effects)
+                    .iter()
+                    .filter(|r| **r == "AddressConflict")
+                    .count(),
+                1,
+                "said once: {effects:?}"
+            );
+            assert_eq!(
+                core.ipam()
+                    .assignment(&ServiceKey::new("ns", "sa"))
+                    .unwrap()
+                    .addresses,
+                [IpAddr::from([192, 0, 2, 1])]
+            );
+        }
+    }
+
+    #[test]
+    fn routelbs_annotation_on_an_address_it_did_not_assign_is_removed() {
+        let mut core = Core::new(Settings::default());
+        core.restore(&[], &[pool("p", &["192.0.2.0/30"])], &[]);
+        let effects = core.service_applied(svc(
+            "m",
+            json!({"metadata": {"annotations": {"routelb.io/allocated-from": "p"}}, "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}}),
+        ));
+        let publish = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Publish {
+                    addresses, pool, ..
+                } => Some((addresses.clone(), pool.clone())),
+                _ => None,
+            })
+            .expect("a publish");
+        assert_eq!(publish, (vec![IpAddr::from([198, 51, 100, 7])], None));
     }
 }

@@ -60,9 +60,11 @@ impl AggregationLength {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolBgp {
-    /// Communities: standard `ASN:VALUE` or large `ASN:X:Y`.
+    /// Communities: standard `ASN:VALUE` (0 to 65535 each) or large `ASN:X:Y`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(regex(pattern = r"^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$")))]
+    #[schemars(inner(regex(
+        pattern = r"^(([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]):([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])|[0-9]{1,10}:[0-9]{1,10}:[0-9]{1,10})$"
+    )))]
     pub communities: Vec<String>,
     /// LOCAL_PREF for iBGP peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,9 +261,11 @@ pub struct BfdConfig {
 #[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct BGPPeerSpec {
-    /// The router's address.
+    /// The router's address: a unicast address (not 0.0.0.0 or ::, loopback,
+    /// link-local, multicast or broadcast).
     #[schemars(length(max = 45))]
     #[x_kube(validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address"))]
+    #[x_kube(validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()").message("must be a unicast address the node can reach: not 0.0.0.0, ::, loopback, link-local, multicast or broadcast"))]
     pub address: String,
     /// The router's AS number.
     #[schemars(range(min = 1))]
@@ -466,6 +470,19 @@ mod tests {
         assert!(err.contains("must be an IPv4 or IPv6 address"), "{err}");
         let err = cel(&peer("192.0.2.1", Some(2))).unwrap_err();
         assert!(err.contains("holdTime must be 0 or at least 3"), "{err}");
+        for never in [
+            "0.0.0.0",
+            "::",
+            "127.0.0.1",
+            "fe80::1",
+            "169.254.0.1",
+            "224.0.0.5",
+            "ff02::2",
+            "255.255.255.255",
+        ] {
+            let err = cel(&peer(never, None)).unwrap_err();
+            assert!(err.contains("must be a unicast address"), "{never}: {err}");
+        }
 
         let router = |router_id: &str, table| {
             RouterConfig::new(

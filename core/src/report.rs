@@ -57,6 +57,10 @@ impl Regarding {
         Regarding::cluster_scoped("AddressPool", "routelb.io/v1alpha1", name)
     }
 
+    pub fn peer(name: &str) -> Regarding {
+        Regarding::cluster_scoped("BGPPeer", "routelb.io/v1alpha1", name)
+    }
+
     pub fn router_config(name: &str) -> Regarding {
         Regarding::cluster_scoped("RouterConfig", "routelb.io/v1alpha1", name)
     }

@@ -521,7 +521,8 @@ impl Lab {
         Ok(())
     }
 
-    async fn apply(
+    /// Creates or updates any object by server-side apply.
+    pub async fn apply(
         &self,
         api_version: &str,
         kind: &str,

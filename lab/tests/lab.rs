@@ -43,6 +43,17 @@ async fn ecmp(lab: &Lab) {
         names.iter().collect(),
         "every node answers some connections: {tally:?}"
     );
+    // Every daemon took its configuration: nothing was refused on the way.
+    for i in 0..lab.nodes.len() {
+        let m = lab.agent_metrics(i);
+        assert_eq!(
+            lab::metric(&m, "routelb_daemon_reloads_total", &[("result", "failed")]),
+            Some(0.0),
+            "{}: {}",
+            lab.nodes[i].name,
+            lab.agent_log(i)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,4 +481,205 @@ async fn moving_the_interface_on_the_router_config_withdraws_nothing() {
         |_, given| given.contains("\"interface\":\"kube-lb1\""),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_invalid_object_leaves_the_rest_of_the_routing_configuration_working() {
+    use serde_json::json;
+    let lab = up(Kind::Bird, &[Kind::Bird; 3]).await;
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..3);
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    // What can never work is refused by the API server.
+    for (what, kind, plural, spec) in [
+        (
+            "a link-local peer",
+            "BGPPeer",
+            "bgppeers",
+            json!({"address": "fe80::1", "asn": 64500}),
+        ),
+        (
+            "a peer at 0.0.0.0",
+            "BGPPeer",
+            "bgppeers",
+            json!({"address": "0.0.0.0", "asn": 64500}),
+        ),
+        (
+            "a community over 16 bits",
+            "AddressPool",
+            "addresspools",
+            json!({"addresses": ["198.51.100.0/24"], "bgp": {"communities": ["65536:1"]}}),
+        ),
+    ] {
+        let err = lab.apply_routelb(kind, plural, "refused", spec).await;
+        assert!(err.is_err(), "{what} was accepted");
+    }
+    // What the API server cannot tell: a password BIRD would choke on, a reversed range.
+    lab.apply(
+        "v1",
+        "Secret",
+        "secrets",
+        Some("routelb-system"),
+        json!({"metadata": {"name": "bad-pw", "namespace": "routelb-system"}, "stringData": {"password": "a}b"}}),
+    )
+    .await
+    .unwrap();
+    lab.apply_routelb(
+        "BGPPeer",
+        "bgppeers",
+        "bad-password",
+        json!({"address": "192.0.2.201", "asn": 64501, "passwordSecretRef": {"name": "bad-pw"}}),
+    )
+    .await
+    .unwrap();
+    lab.apply_routelb(
+        "AddressPool",
+        "addresspools",
+        "reversed",
+        json!({"addresses": ["198.51.100.20-198.51.100.10"]}),
+    )
+    .await
+    .unwrap();
+    // A valid change made afterwards still reaches every node.
+    lab.apply_routelb(
+        "BGPPeer",
+        "bgppeers",
+        "extra",
+        json!({"address": "192.0.2.202", "asn": 64502}),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let confs: Vec<String> = (0..3)
+            .map(|i| std::fs::read_to_string(lab.nodes[i].dir.join("bird.conf")).unwrap())
+            .collect();
+        if confs
+            .iter()
+            .all(|c| c.contains("192.0.2.202") && !c.contains("192.0.2.201"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the valid peer was not rendered:\n{}",
+            confs[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The bad objects are named in Events, and the router keeps the route.
+    let events: Api<Event> = Api::namespaced(lab.client.clone(), "default");
+    let start = Instant::now();
+    loop {
+        let notes: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("RoutingObjectInvalid"))
+            .filter_map(|e| e.note)
+            .collect();
+        let peer = notes
+            .iter()
+            .any(|n| n.contains("BGPPeer bad-password") && n.contains("left out"));
+        let pool = notes.iter().any(|n| n.contains("AddressPool reversed"));
+        if peer && pool {
+            assert!(
+                !notes.iter().any(|n| n.contains("a}b")),
+                "the password is never quoted: {notes:?}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "Events: {notes:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lab.nexthops(0, ip), all);
+    // The allocator marks a BGPPeer it cannot use: here a selector nobody can read.
+    lab.apply_routelb(
+        "BGPPeer",
+        "bgppeers",
+        "bad-selector",
+        json!({"address": "192.0.2.203", "asn": 64503, "nodeSelector": {"matchExpressions": [{"key": "rack", "operator": "Near"}]}}),
+    )
+    .await
+    .unwrap();
+    let peers: Api<routelb_core::crd::BGPPeer> = Api::all(lab.client.clone());
+    let start = Instant::now();
+    loop {
+        let p = peers.get("bad-selector").await.unwrap();
+        let valid = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid").cloned());
+        if let Some(c) = valid {
+            assert_eq!(c.status, "False", "{c:?}");
+            assert!(c.message.contains("nodeSelector"), "{c:?}");
+            let extra = peers.get("extra").await.unwrap();
+            let ok = extra.status.unwrap().conditions;
+            assert!(
+                ok.iter().any(|c| c.type_ == "Valid" && c.status == "True"),
+                "{ok:?}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no Valid condition on bad-selector");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The hold time the router negotiated with each node (BIRD router: `Hold timer: x/N`).
+fn negotiated_hold_times(lab: &Lab) -> Vec<u32> {
+    let ctl = lab.routers[0].dir.join("bird.ctl");
+    let out = Command::new("birdc")
+        .arg("-s")
+        .arg(&ctl)
+        .args(["show", "protocols", "all"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Hold timer:"))
+        .filter_map(|t| t.trim().rsplit('/').next()?.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_times_are_the_documented_default_and_follow_the_bgp_peer() {
+    let lab = up(Kind::Bird, &[Kind::Bird, Kind::Frr, Kind::Bird]).await;
+    lab.wait_sessions(3, WAIT).await.unwrap();
+    // No holdTime: 90 s, not BIRD's 240 or FRR's 180 (the router asks 240).
+    let start = Instant::now();
+    while negotiated_hold_times(&lab) != [90, 90, 90] {
+        assert!(
+            start.elapsed() < WAIT,
+            "hold times: {:?}",
+            negotiated_hold_times(&lab)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lab.apply_routelb(
+        "BGPPeer",
+        "bgppeers",
+        "leaf1",
+        serde_json::json!({
+            "address": lab.routers[0].address.to_string(),
+            "asn": 64500,
+            "holdTime": 9,
+            "nodeSelector": {"matchLabels": {"lab.routelb.io/leaf": "leaf1"}},
+        }),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let mut h = negotiated_hold_times(&lab);
+        h.sort();
+        if h == [9, 9, 9] {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "hold times after the change: {h:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

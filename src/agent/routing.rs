@@ -21,7 +21,9 @@ use kube::ResourceExt;
 use routelb_core::crd::{AddressPoolSpec, BGPPeerSpec, Daemon as DaemonKind, SecretKeyRef};
 use routelb_core::net::KernelContract;
 use routelb_core::report::{Once, Regarding};
-use routelb_core::routing::context::{NodeInput, build};
+use routelb_core::routing::context::{
+    Context, ContextError, Inputs as ContextInputs, NodeInput, build,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -155,6 +157,9 @@ pub fn spawn(
         applied: BTreeMap::new(),
         rejected: BTreeMap::new(),
         reported: Once::default(),
+        previous: None,
+        applied_context: BTreeMap::new(),
+        objects: Once::default(),
     };
     tokio::spawn(task.run(inputs));
     reads_rx
@@ -165,7 +170,7 @@ enum Rendered {
     Text {
         daemon: Arc<dyn RoutingDaemon>,
         text: String,
-        contract: KernelContract,
+        context: Box<Context>,
     },
     Nothing(String),
     Error(String),
@@ -228,10 +233,16 @@ struct Task {
     /// A configuration the daemon refused: not tried again until it changes.
     rejected: BTreeMap<&'static str, String>,
     reported: Once<()>,
+    /// The last context rendered: invalid objects keep their version from it.
+    previous: Option<Context>,
+    /// The context each daemon's configuration was last rendered from, as loaded.
+    applied_context: BTreeMap<&'static str, Context>,
+    /// Problems with single objects, reported once each.
+    objects: Once<String>,
 }
 
 impl Task {
-    fn render(&self, stores: &RoutingStores, plan: &Plan) -> Rendered {
+    fn render(&mut self, stores: &RoutingStores, plan: &Plan) -> Rendered {
         let node_name = &self.node_name;
         let Some(node) = stores
             .nodes
@@ -258,20 +269,30 @@ impl Task {
             .iter()
             .map(|p| (p.name_any(), p.spec.clone()))
             .collect();
-        let lookup = |r: &SecretKeyRef| password(stores, &self.opts.secrets_namespace, r);
+        let namespace = self.opts.secrets_namespace.clone();
+        let lookup = |r: &SecretKeyRef| password(stores, &namespace, r);
         let input = node_input(&node);
-        let router = (rc.name_any(), &rc.spec);
-        let ctx = match build(
-            &input,
-            (&router.0, router.1),
-            &plan.contract,
-            &peers,
-            &pools,
-            &lookup,
-        ) {
-            Ok(c) => c,
+        let name = rc.name_any();
+        let built = build(&ContextInputs {
+            node: &input,
+            router: (&name, &rc.spec),
+            kernel: &plan.contract,
+            peers: &peers,
+            pools: &pools,
+            password: &lookup,
+            previous: self.previous.as_ref(),
+        });
+        let built = match built {
+            Ok(b) => b,
             Err(e) => return Rendered::Error(e.to_string()),
         };
+        for p in &built.problems {
+            self.object_problem(p);
+        }
+        for n in &built.notes {
+            self.unsupported(&name, n);
+        }
+        let ctx = built.context;
         let daemon = self.opts.daemon(rc.spec.daemon.unwrap_or_default());
         let file = rc
             .spec
@@ -283,11 +304,15 @@ impl Task {
             Ok(t) => t,
             Err(e) => return Rendered::Error(format!("read template {}: {e}", path.display())),
         };
-        match routelb_core::routing::render(&template, &ctx) {
+        let rendered = routelb_core::routing::render(&template, &ctx);
+        if rendered.is_ok() {
+            self.previous = Some(ctx.clone());
+        }
+        match rendered {
             Ok(text) => Rendered::Text {
                 daemon,
                 text,
-                contract: plan.contract.clone(),
+                context: Box::new(ctx),
             },
             Err(e) => Rendered::Error(format!("template {}: {e}", path.display())),
         }
@@ -357,10 +382,11 @@ impl Task {
                 Rendered::Text {
                     daemon,
                     text,
-                    contract,
+                    context,
                 } => {
-                    let programmed = inputs.programmed.borrow().contains(&contract);
-                    self.offer(daemon, text, contract, programmed).await;
+                    let programmed = inputs.programmed.borrow().contains(&plan.contract);
+                    self.offer(daemon, text, plan.contract.clone(), *context, programmed)
+                        .await;
                 }
             }
         }
@@ -373,11 +399,13 @@ impl Task {
         daemon: Arc<dyn RoutingDaemon>,
         text: String,
         contract: KernelContract,
+        context: Context,
         programmed: bool,
     ) {
         let name = daemon.name();
         if self.applied.get(name) == Some(&text) {
             self.reads(daemon.as_ref(), &contract);
+            self.applied_context.entry(name).or_insert(context);
             let d = daemon.clone();
             let probe = tokio::task::spawn_blocking(move || d.probe())
                 .await
@@ -403,13 +431,20 @@ impl Task {
             return;
         }
         let (d, t) = (daemon.clone(), text.clone());
-        let outcome = tokio::task::spawn_blocking(move || d.validate(&t).and_then(|_| d.apply(&t)))
-            .await
-            .unwrap_or_else(|e| Err(task_failed(&e)));
+        let before = self.applied_context.get(name).cloned();
+        let after = context.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            d.validate(&t)?;
+            d.apply(&t)?;
+            d.settle(before.as_ref(), &after)
+        })
+        .await
+        .unwrap_or_else(|e| Err(task_failed(&e)));
         match outcome {
             Ok(()) => {
                 tracing::info!(daemon = name, path = %daemon.config_path().display(), %contract, "routing daemon reloaded with a new configuration");
                 self.applied.insert(name, text);
+                self.applied_context.insert(name, context);
                 self.rejected.remove(name);
                 self.reads(daemon.as_ref(), &contract);
                 self.reported.clear(&());
@@ -441,6 +476,45 @@ impl Task {
                 self.report("RoutingConfigRejected", &e.to_string());
             }
         }
+    }
+
+    /// A Warning Event on an object the context could not use, once per distinct problem.
+    fn object_problem(&mut self, p: &routelb_core::routing::context::Problem) {
+        let regarding = match &p.error {
+            ContextError::Peer { name, .. } => Regarding::peer(name),
+            ContextError::Pool { name, .. } => Regarding::pool(name),
+            ContextError::RouterConfig { name, .. } => Regarding::router_config(name),
+        };
+        let note = format!("node {}: {p}", self.node_name);
+        if !self
+            .objects
+            .news(format!("{}/{}", regarding.kind, regarding.name), &note)
+        {
+            return;
+        }
+        tracing::warn!(object = %regarding.name, kind = regarding.kind, "{note}");
+        self.publisher.publish(Note {
+            regarding,
+            warning: true,
+            reason: "RoutingObjectInvalid".into(),
+            action: "Render".into(),
+            note,
+        });
+    }
+
+    /// A Warning Event on the RouterConfig for a setting the daemon cannot apply.
+    fn unsupported(&mut self, router: &str, note: &str) {
+        if !self.objects.news(format!("RouterConfig/{router}"), note) {
+            return;
+        }
+        tracing::warn!(router, "{note}");
+        self.publisher.publish(Note {
+            regarding: Regarding::router_config(router),
+            warning: true,
+            reason: "UnsupportedSetting".into(),
+            action: "Render".into(),
+            note: note.to_string(),
+        });
     }
 
     /// A Warning Event on the Node, once per distinct problem.

@@ -19,10 +19,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client};
-use routelb_core::allocation::{Core, Effect, Outcome, Settings, status_differs};
-use routelb_core::crd::AddressPool;
-use routelb_core::index::{Feed, Index, ObjectKey};
+use kube::{Api, Client, ResourceExt};
+use routelb_core::allocation::{
+    Core, Effect, Outcome, Settings, conditions_differ, peer_status, status_differs,
+};
+use routelb_core::crd::{AddressPool, BGPPeer};
+use routelb_core::index::{Feed, Index, ObjectKey, WatchEvent};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -105,7 +107,7 @@ fn pool_gauges(core: &Core) {
 struct Caches {
     services: Store<Service>,
     pools: Store<AddressPool>,
-    namespaces: Store<Namespace>,
+    peers: Store<BGPPeer>,
     feeds: [Feed; 3],
 }
 
@@ -114,27 +116,46 @@ impl Caches {
         self.feeds.iter().all(Feed::synced)
     }
 
-    /// Feeds one event to `core`, or, while following, only keeps track.
-    fn feed(&mut self, core: Option<&mut Core>, input: Input) -> Vec<Effect> {
+    /// Feeds one event to the leader's core, or, while following, only keeps track.
+    /// Events older than the list the term started from are already in the core (or
+    /// superseded by it) and only tracked: the watch may lag behind that list.
+    fn feed(&mut self, session: Option<&mut Session>, input: Input) -> Vec<Effect> {
         let [services, pools, namespaces] = &mut self.feeds;
-        match core {
-            Some(core) => match input {
-                Input::Service(e) => services.feed(core, e),
-                Input::Pool(e) => pools.feed(core, e),
-                Input::Namespace(e) => namespaces.feed(core, e),
+        let Some(s) = session else {
+            match input {
+                Input::Service(e) => services.feed(&mut Follow, e),
+                Input::Pool(e) => pools.feed(&mut Follow, e),
+                Input::Namespace(e) => namespaces.feed(&mut Follow, e),
                 _ => Vec::new(),
-            },
-            None => {
-                match input {
-                    Input::Service(e) => services.feed(&mut Follow, e),
-                    Input::Pool(e) => pools.feed(&mut Follow, e),
-                    Input::Namespace(e) => namespaces.feed(&mut Follow, e),
-                    _ => Vec::new(),
-                };
-                Vec::new()
-            }
+            };
+            return Vec::new();
+        };
+        let listed = s.listed;
+        match input {
+            Input::Service(e) if stale(&e, listed[0]) => services.feed(&mut Follow, e),
+            Input::Pool(e) if stale(&e, listed[1]) => pools.feed(&mut Follow, e),
+            Input::Namespace(e) if stale(&e, listed[2]) => namespaces.feed(&mut Follow, e),
+            Input::Service(e) => services.feed(&mut s.core, e),
+            Input::Pool(e) => pools.feed(&mut s.core, e),
+            Input::Namespace(e) => namespaces.feed(&mut s.core, e),
+            _ => Vec::new(),
         }
     }
+}
+
+/// A resourceVersion as the number it is on etcd and on fake-apiserver; `None` for
+/// anything else (then no event is taken for stale).
+fn rv_number<K: kube::Resource>(obj: &K) -> Option<u64> {
+    obj.meta().resource_version.as_deref()?.parse().ok()
+}
+
+/// Whether an event shows an object at or before the version a list already showed.
+fn stale<K: kube::Resource>(event: &WatchEvent<K>, listed: Option<u64>) -> bool {
+    let obj = match event {
+        WatchEvent::Apply(o) | WatchEvent::InitApply(o) | WatchEvent::Delete(o) => o,
+        WatchEvent::Init | WatchEvent::InitDone => return false,
+    };
+    matches!((rv_number(obj.as_ref()), listed), (Some(rv), Some(l)) if rv <= l)
 }
 
 /// A follower's index: nothing is decided.
@@ -161,9 +182,11 @@ pub async fn run(
     let mut caches = Caches {
         services: watches.all(Input::Service),
         pools: watches.all(Input::Pool),
-        namespaces: watches.all(Input::Namespace),
+        peers: watches.all(Input::Peer),
         feeds: Default::default(),
     };
+    // Namespaces are only followed (their labels reach the core through the feed).
+    let _ = watches.all(Input::Namespace);
     let (leading_tx, mut leading) = watch::channel(false);
     let (stop_election, stop_rx) = watch::channel(false);
     let elector = LeaderElector::new(
@@ -187,7 +210,13 @@ pub async fn run(
         tokio::select! {
             input = inputs.recv() => {
                 let Some(input) = input else { break };
-                let effects = caches.feed(session.as_mut().map(|s| &mut s.core), input);
+                if let Input::Peer(WatchEvent::Apply(p) | WatchEvent::InitApply(p)) = &input {
+                    if let Some(s) = session.as_mut() {
+                        s.write_peer_status(p);
+                    }
+                    continue;
+                }
+                let effects = caches.feed(session.as_mut(), input);
                 if let Some(s) = session.as_mut() {
                     s.carry_out(effects);
                 }
@@ -209,16 +238,28 @@ pub async fn run(
                 while let Ok(input) = inputs.try_recv() {
                     caches.feed(None, input);
                 }
-                let s = Session::start(
+                match Session::start(
                     client.clone(),
                     &opts,
                     publisher.clone(),
                     &caches,
                     fence.clone(),
                     term,
-                );
-                health.set(true, "leader: assigning addresses");
-                session = Some(s);
+                )
+                .await
+                {
+                    Ok(mut s) => {
+                        for p in caches.peers.state() {
+                            s.write_peer_status(&p);
+                        }
+                        health.set(true, "leader: assigning addresses");
+                        session = Some(s);
+                    }
+                    // Not deciding from stale caches: tried again at the next tick.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leading, but listing Services, pools and Namespaces failed; retrying")
+                    }
+                }
             }
             (Some(s), t) if t != Some(s.term) => {
                 tracing::info!(term = s.term, "no longer leading; stopping writes");
@@ -261,7 +302,7 @@ fn declare_metrics() {
     ] {
         METRICS.declare(FAILURES, FAILURES_HELP, &[("reason", reason)]);
     }
-    for operation in ["service_status", "pool_status"] {
+    for operation in ["service_status", "pool_status", "peer_status"] {
         METRICS.declare(
             ERRORS,
             ERRORS_HELP,
@@ -284,17 +325,42 @@ struct Session {
     identity: String,
     fence: Fence,
     term: u64,
+    /// The resourceVersions of the lists the term started from (Services, pools,
+    /// Namespaces).
+    listed: [Option<u64>; 3],
+}
+
+/// A fresh list of a kind and the resourceVersion it was taken at.
+async fn list<K>(client: &Client) -> kube::Result<(Vec<Arc<K>>, Option<u64>)>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let list = Api::<K>::all(client.clone())
+        .list(&kube::api::ListParams::default())
+        .await?;
+    let rv = list
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok());
+    Ok((list.items.into_iter().map(Arc::new).collect(), rv))
 }
 
 impl Session {
-    fn start(
+    /// Starts a term from fresh lists, not from the caches: after a freeze or a long
+    /// follow the watches may lag behind what another leader wrote meanwhile.
+    async fn start(
         client: Client,
         opts: &Options,
         publisher: Publisher,
         caches: &Caches,
         fence: Fence,
         term: u64,
-    ) -> Session {
+    ) -> kube::Result<Session> {
+        let started = std::time::Instant::now();
+        let (services, services_rv) = list::<Service>(&client).await?;
+        let (pools, pools_rv) = list::<AddressPool>(&client).await?;
+        let (namespaces, namespaces_rv) = list::<Namespace>(&client).await?;
         let writer = Arc::new(ServiceWriter::new(
             client.clone(),
             caches.services.clone(),
@@ -315,13 +381,9 @@ impl Session {
             identity: opts.identity.clone(),
             fence,
             term,
+            listed: [services_rv, pools_rv, namespaces_rv],
         };
-        let started = std::time::Instant::now();
-        let effects = s.core.restore(
-            &caches.services.state(),
-            &caches.pools.state(),
-            &caches.namespaces.state(),
-        );
+        let effects = s.core.restore(&services, &pools, &namespaces);
         s.carry_out(effects);
         tracing::info!(
             term,
@@ -333,7 +395,7 @@ impl Session {
         );
         METRICS.set("routelb_leader", LEADER_HELP, &[], 1.0);
         pool_gauges(&s.core);
-        s
+        Ok(s)
     }
 
     /// Ends the term: pending Service and pool writes are aborted.
@@ -381,6 +443,41 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Writes a BGPPeer's `Valid` condition when it changed.
+    fn write_peer_status(&mut self, peer: &BGPPeer) {
+        if !self.fence.holds(self.term) {
+            return;
+        }
+        let status = peer_status(peer, k8s_openapi::jiff::Timestamp::now());
+        let current = peer.status.clone().unwrap_or_default();
+        if current.observed_generation == status.observed_generation
+            && !conditions_differ(&current.conditions, &status.conditions)
+        {
+            return;
+        }
+        let name = peer.name_any();
+        let api: Api<BGPPeer> = Api::all(self.client.clone());
+        let (fence, term) = (self.fence.clone(), self.term);
+        self.pool_writes.spawn(async move {
+            if !fence.holds(term) {
+                return;
+            }
+            let patch = json!({"status": status});
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                METRICS.inc(
+                    ERRORS,
+                    ERRORS_HELP,
+                    &[("component", "allocator"), ("operation", "peer_status")],
+                    1.0,
+                );
+                tracing::warn!(peer = %name, error = %e, "writing BGPPeer status failed");
+            }
+        });
     }
 
     /// Writes the status of pools that changed since the last tick, when it differs.

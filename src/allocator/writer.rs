@@ -29,7 +29,8 @@ struct Desired {
 
 #[derive(Default)]
 struct Queue {
-    desired: HashMap<ServiceKey, Desired>,
+    /// What each Service should show, and the newest resourceVersion it was decided on.
+    desired: HashMap<ServiceKey, (Desired, Option<u64>)>,
     order: VecDeque<ServiceKey>,
     queued: HashSet<ServiceKey>,
     in_flight: HashSet<ServiceKey>,
@@ -89,7 +90,8 @@ impl ServiceWriter {
         {
             return;
         }
-        q.desired.insert(key.clone(), desired);
+        let basis = q.desired.get(&key).and_then(|(_, o)| *o).max(observed);
+        q.desired.insert(key.clone(), (desired, basis));
         if !q.in_flight.contains(&key) && q.queued.insert(key.clone()) {
             q.order.push_back(key);
             drop(q);
@@ -115,8 +117,8 @@ impl ServiceWriter {
                 continue;
             };
             let mut retry = false;
-            if let Some(desired) = desired {
-                match self.write(&key, &desired).await {
+            if let Some((desired, observed)) = desired {
+                match self.write(&key, &desired, observed).await {
                     Ok(Some(rv)) => {
                         self.lock().written.insert(key.clone(), (desired, rv));
                     }
@@ -130,7 +132,7 @@ impl ServiceWriter {
                         );
                         tracing::warn!(service = %key, error = %e, "writing Service status failed; retrying");
                         let mut q = self.lock();
-                        q.desired.entry(key.clone()).or_insert(desired);
+                        q.desired.entry(key.clone()).or_insert((desired, observed));
                         retry = true;
                     }
                 }
@@ -148,53 +150,72 @@ impl ServiceWriter {
         }
     }
 
-    /// Brings one Service's status and annotation to `desired`. Returns the resulting
-    /// resourceVersion, or `None` when the Service is gone or already right.
-    async fn write(&self, key: &ServiceKey, desired: &Desired) -> kube::Result<Option<u64>> {
-        if !self.fence.holds(self.term) {
-            // Leadership is not proven any more: another replica may be deciding.
-            tracing::debug!(service = %key, "not writing: the leadership fence does not hold");
-            return Ok(None);
-        }
+    /// Brings one Service's status and annotation to `desired`, decided on the version
+    /// `observed`. Returns the resulting resourceVersion, or `None` when the Service is
+    /// gone, already right, or leadership is not proven.
+    ///
+    /// The pair is written so that an address never shows without its annotation: when
+    /// assigning, the annotation first; when clearing, the status first. A crash between
+    /// the two leaves at worst an annotation without an address, which nothing announces.
+    async fn write(
+        &self,
+        key: &ServiceKey,
+        desired: &Desired,
+        observed: Option<u64>,
+    ) -> kube::Result<Option<u64>> {
         let cached = self
             .cache
             .get(&ObjectRef::new(&key.name).within(&key.namespace));
-        let Some(current) = cached else {
-            return Ok(None);
-        };
+        // The cache tells what is already right only when it is at least as new as what
+        // was decided on (after a fresh list at the start of a term it may lag).
+        let basis = cached.filter(|c| {
+            let rv = c.resource_version().and_then(|rv| rv.parse::<u64>().ok());
+            observed.is_none_or(|o| rv.is_some_and(|rv| rv >= o))
+        });
+        let status = basis
+            .as_ref()
+            .is_none_or(|c| service::ingress_ips(c) != desired.addresses);
+        let annotation = basis
+            .as_ref()
+            .is_none_or(|c| service::allocated_from(c) != desired.pool.as_deref());
         let api: Api<Service> = Api::namespaced(self.client.clone(), &key.namespace);
-        let mut rv = None;
-        if service::ingress_ips(&current) != desired.addresses {
-            let ingress: Vec<serde_json::Value> = desired
-                .addresses
-                .iter()
-                .map(|a| json!({"ip": a.to_string(), "ipMode": "VIP"}))
-                .collect();
-            let value = if ingress.is_empty() {
-                serde_json::Value::Null
-            } else {
-                json!(ingress)
-            };
-            let patch = json!({"status": {"loadBalancer": {"ingress": value}}});
-            match api
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(s) => rv = s.resource_version(),
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
-                Err(e) => return Err(e),
-            }
+        let mut parts = [(annotation, Part::Annotation), (status, Part::Status)];
+        if desired.addresses.is_empty() {
+            parts.reverse();
         }
-        if service::allocated_from(&current) != desired.pool.as_deref() {
-            let patch =
-                json!({"metadata": {"annotations": {service::ALLOCATED_FROM: desired.pool}}});
+        let mut rv = None;
+        for (needed, part) in parts {
+            if !needed {
+                continue;
+            }
             if !self.fence.holds(self.term) {
+                // Leadership is not proven any more: another replica may be deciding.
+                tracing::debug!(service = %key, "not writing: the leadership fence does not hold");
                 return Ok(None);
             }
-            match api
-                .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            let result = match part {
+                Part::Status => {
+                    let ingress: Vec<serde_json::Value> = desired
+                        .addresses
+                        .iter()
+                        .map(|a| json!({"ip": a.to_string(), "ipMode": "VIP"}))
+                        .collect();
+                    let value = if ingress.is_empty() {
+                        serde_json::Value::Null
+                    } else {
+                        json!(ingress)
+                    };
+                    let patch = json!({"status": {"loadBalancer": {"ingress": value}}});
+                    api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                }
+                Part::Annotation => {
+                    let patch = json!({"metadata": {"annotations": {service::ALLOCATED_FROM: desired.pool}}});
+                    api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                }
+            };
+            match result {
                 Ok(s) => rv = s.resource_version(),
                 Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
                 Err(e) => return Err(e),
@@ -202,4 +223,11 @@ impl ServiceWriter {
         }
         Ok(rv.and_then(|rv| rv.parse().ok()))
     }
+}
+
+/// The two halves of what a Service shows.
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    Status,
+    Annotation,
 }

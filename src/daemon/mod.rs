@@ -26,6 +26,17 @@ pub trait RoutingDaemon: fmt::Debug + Send + Sync {
     /// Makes the running daemon load the configuration file as it is now.
     fn reload(&self) -> Result<(), DaemonError>;
 
+    /// After a reload from the configuration rendered from `before` to the one from
+    /// `after`: whatever the daemon needs to apply it fully (FRR applies BGP timers only
+    /// to new sessions, so the sessions whose timers changed are reset).
+    fn settle(
+        &self,
+        _before: Option<&routelb_core::routing::context::Context>,
+        _after: &routelb_core::routing::context::Context,
+    ) -> Result<(), DaemonError> {
+        Ok(())
+    }
+
     /// Writes the configuration atomically, then reloads.
     fn apply(&self, text: &str) -> Result<(), DaemonError> {
         let path = self.config_path();

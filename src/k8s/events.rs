@@ -204,8 +204,8 @@ async fn publish(
                 );
                 return Ok(());
             }
-            // Gone (expired, deleted): start a new one.
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            // Gone (expired, deleted), or patching not allowed: start a new one.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => {}
             Err(e) => return Err(e),
         }
     }

@@ -722,3 +722,66 @@ async fn a_migrated_service_keeps_its_address_until_a_pool_adopts_it() {
     assert_eq!(c.ips(NS, "old").await, [ip("198.51.100.7")]);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_showing_another_services_address_is_cleared_running_or_restarted() {
+    let c = Cluster::new().await;
+    c.pool("one", json!({"addresses": ["192.0.2.1"]})).await;
+    let alloc = start_allocator(&c, allocator_options("a1"));
+    c.service(NS, "sa", json!({})).await;
+    assert_eq!(c.wait_ips(NS, "sa", 1).await, [ip("192.0.2.1")]);
+    c.service(NS, "sb", json!({})).await;
+    c.wait_event(NS, "sb", "AllocationFailed", "").await;
+    let forge = |annotated: bool| {
+        let c = &c;
+        async move {
+            let api = c.services(NS);
+            if annotated {
+                let patch =
+                    json!({"metadata": {"annotations": {"routelb.io/allocated-from": "one"}}});
+                api.patch("sb", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .unwrap();
+            }
+            let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+            api.patch_status("sb", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    // The running leader sees the edit.
+    forge(false).await;
+    c.wait_event(NS, "sb", "AddressConflict", "default/sa")
+        .await;
+    eventually("sb's status cleared", || async {
+        c.ips(NS, "sb").await.is_empty().then_some(())
+    })
+    .await;
+    // Again, annotation included, while no allocator runs: the next one clears it.
+    alloc.stop().await;
+    forge(true).await;
+    let alloc = start_allocator(&c, allocator_options("a2"));
+    eventually(
+        "sb's status and annotation cleared by the new leader",
+        || async {
+            let sb = c.get(NS, "sb").await;
+            (routelb_core::service::ingress_ips(&sb).is_empty()
+                && routelb_core::service::allocated_from(&sb).is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    let conflicts = c
+        .events(NS, "sb")
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "AddressConflict")
+        .count();
+    assert!(conflicts >= 2, "each clearing is said");
+    assert_eq!(
+        c.ips(NS, "sa").await,
+        [ip("192.0.2.1")],
+        "sa keeps its address"
+    );
+    alloc.stop().await;
+}

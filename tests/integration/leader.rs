@@ -126,3 +126,116 @@ async fn a_leader_cut_off_from_the_api_steps_down() {
     )
     .await;
 }
+
+/// A leader frozen past its Lease (SIGSTOP) with work queued, resumed after the other
+/// replica took over and changed things: it must write nothing, Events included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_its_lease_writes_nothing_when_it_resumes() {
+    use crate::support::*;
+    use serde_json::json;
+
+    let c = Cluster::new().await;
+    c.pool(
+        "two",
+        json!({"addresses": ["192.0.2.1-192.0.2.2"], "autoAssign": false}),
+    )
+    .await;
+    let kc = c.kubeconfig();
+    let kc = kc.to_str().unwrap();
+    let replica = |id: &str| {
+        Proc::routelb(&[
+            "--kubeconfig",
+            kc,
+            "allocator",
+            "--identity",
+            id,
+            "--lease-duration",
+            "3",
+            "--health-addr",
+            "127.0.0.1:0",
+            "--status-interval",
+            "0.1",
+        ])
+    };
+    let replicas = [
+        ("alloc-a", replica("alloc-a")),
+        ("alloc-b", replica("alloc-b")),
+    ];
+    let pinned = json!({"metadata": {"annotations": {"routelb.io/pool": "two"}}});
+    let signal = |sig: &str, pid: u32| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+    };
+    for round in 0..3 {
+        let name = |n: &str| format!("{n}-{round}");
+        c.service("default", &name("h1"), pinned.clone()).await;
+        c.service("default", &name("h2"), pinned.clone()).await;
+        c.wait_ips("default", &name("h1"), 1).await;
+        c.wait_ips("default", &name("h2"), 1).await;
+        // z and a wait, created within the same second: the replicas may order them
+        // differently.
+        c.service("default", &name("z"), pinned.clone()).await;
+        c.service("default", &name("a"), pinned.clone()).await;
+        for w in ["z", "a"] {
+            c.wait_event("default", &name(w), "AllocationFailed", "")
+                .await;
+        }
+        let leader = eventually("a leader", || lease_holder(&c)).await;
+        let (_, frozen) = replicas.iter().find(|(id, _)| *id == leader).unwrap();
+        signal("-STOP", frozen.pid());
+        eventually("the other replica to take over", || async {
+            lease_holder(&c).await.filter(|h| *h != leader)
+        })
+        .await;
+        let freed = c.ips("default", &name("h1")).await[0];
+        let dupes = DuplicateWatch::start(&c.client);
+        c.services("default")
+            .delete(&name("h1"), &Default::default())
+            .await
+            .unwrap();
+        let winner = eventually("the freed address to go to a waiting Service", || async {
+            for w in ["z", "a"] {
+                if c.ips("default", &name(w)).await == [freed] {
+                    return Some(name(w));
+                }
+            }
+            None
+        })
+        .await;
+        let loser = if winner == name("z") {
+            name("a")
+        } else {
+            name("z")
+        };
+        signal("-CONT", frozen.pid());
+        // The resumed replica works through its backlog, then learns it lost.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let seen = dupes.stop().await;
+        assert!(
+            seen.is_empty(),
+            "round {round}: an address on two Services: {seen:?}"
+        );
+        assert!(
+            c.ips("default", &loser).await.is_empty(),
+            "round {round}: {loser} got an address"
+        );
+        let assigned: Vec<(String, String)> = c
+            .events("default", &loser)
+            .await
+            .into_iter()
+            .filter(|(r, _)| r == "AddressAssigned")
+            .collect();
+        assert!(
+            assigned.is_empty(),
+            "round {round}: the frozen leader said it assigned: {assigned:?}"
+        );
+        for n in ["h2", "z", "a"] {
+            let _ = c
+                .services("default")
+                .delete(&name(n), &Default::default())
+                .await;
+        }
+    }
+}

@@ -477,3 +477,80 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .flatten()
     })
 }
+
+/// Watches every Service while a test runs and records each moment an address shows on
+/// two Services that do not share it on purpose (same `routelb.io/allow-shared-ip` key):
+/// checked at every change, not only at the end.
+pub struct DuplicateWatch {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl DuplicateWatch {
+    pub fn start(client: &Client) -> DuplicateWatch {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let api: Api<Service> = Api::all(client.clone());
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut shown: BTreeMap<String, (Vec<IpAddr>, Option<String>)> = BTreeMap::new();
+            let mut violations = Vec::new();
+            let stream = watcher(api, watcher::Config::default()).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let event = tokio::select! {
+                    e = stream.next() => e,
+                    _ = stopped.changed() => break,
+                };
+                let Some(Ok(event)) = event else { continue };
+                let (svc, gone) = match event {
+                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s, false),
+                    watcher::Event::Delete(s) => (s, true),
+                    _ => continue,
+                };
+                let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
+                if gone {
+                    shown.remove(&key);
+                    continue;
+                }
+                let share = svc.annotations().get("routelb.io/allow-shared-ip").cloned();
+                shown.insert(key, (routelb_core::service::ingress_ips(&svc), share));
+                let mut holders: BTreeMap<IpAddr, Vec<(&String, &Option<String>)>> =
+                    BTreeMap::new();
+                for (k, (ips, share)) in &shown {
+                    for ip in ips {
+                        holders.entry(*ip).or_default().push((k, share));
+                    }
+                }
+                for (ip, hs) in holders {
+                    let shared = hs.iter().all(|(_, s)| s.is_some() && *s == hs[0].1);
+                    if hs.len() > 1 && !shared {
+                        let names: Vec<&String> = hs.iter().map(|(k, _)| *k).collect();
+                        violations.push(format!("{ip} on {names:?}"));
+                    }
+                }
+            }
+            violations
+        });
+        DuplicateWatch { stop, task }
+    }
+
+    /// Stops watching; the violations seen.
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.send_replace(true);
+        self.task.await.unwrap()
+    }
+}
+
+/// The holder of the allocators' Lease.
+pub async fn lease_holder(c: &Cluster) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), "routelb-system");
+    leases
+        .get_opt("routelb-allocator")
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+}

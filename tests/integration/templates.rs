@@ -6,7 +6,7 @@ use std::process::Command;
 
 use routelb_core::crd::{AddressPoolSpec, BGPPeerSpec, RouterConfigSpec};
 use routelb_core::net::KernelContract;
-use routelb_core::routing::context::{NodeInput, build};
+use routelb_core::routing::context::{Inputs, NodeInput, build};
 use serde_json::json;
 
 fn root() -> PathBuf {
@@ -135,35 +135,111 @@ fn crafted_cluster_values_cannot_inject_routing_configuration() {
     let evil = |_: &routelb_core::crd::SecretKeyRef| {
         Ok("pw\"; } protocol static evil { ipv4; }".to_string())
     };
-    let err = build(
-        &node,
-        ("default", &rc),
-        &KernelContract::default(),
-        &[("router".into(), peer.clone())],
-        &pools,
-        &evil,
-    )
-    .unwrap_err();
+    let inputs =
+        |peers: &[(String, BGPPeerSpec)],
+         password: &dyn Fn(&routelb_core::crd::SecretKeyRef) -> Result<String, String>| {
+            build(&Inputs {
+                node: &node,
+                router: ("default", &rc),
+                kernel: &KernelContract::default(),
+                peers,
+                pools: &pools,
+                password,
+                previous: None,
+            })
+            .unwrap()
+        };
+    let refused = inputs(&[("router".into(), peer.clone())], &evil);
+    assert_eq!(refused.problems.len(), 1);
+    let problem = refused.problems[0].to_string();
     assert!(
-        err.to_string()
-            .contains("BGPPeer router: passwordSecretRef"),
-        "{err}"
+        problem.contains("BGPPeer router: passwordSecretRef"),
+        "{problem}"
     );
+    assert!(refused.context.peers.is_empty(), "the peer is left out");
     // A name with characters BIRD would read as syntax becomes a safe identifier; the
     // label cannot reach the template.
-    let ctx = build(
-        &node,
-        ("default", &rc),
-        &KernelContract::default(),
-        &[("we.ird-name".into(), peer)],
-        &pools,
-        &|_| Ok("fine-pw".into()),
-    )
-    .unwrap();
+    let ctx = inputs(&[("we.ird-name".into(), peer)], &|_| Ok("fine-pw".into())).context;
     assert_eq!(ctx.peers[0].id, "peer_we_ird_name");
     assert!(ctx.node.labels.is_empty());
     let template = std::fs::read_to_string(root().join("templates/bird.conf.tera")).unwrap();
     let text = routelb_core::routing::render(&template, &ctx).unwrap();
     assert!(!text.contains("evil"));
     daemon_accepts("bird", &text, "crafted");
+}
+
+/// Every BGP knob renders as documented, on both daemons, including the values that
+/// are false to a template's truth test (0) and the defaults.
+#[test]
+fn every_knob_means_what_the_docs_say_on_both_daemons() {
+    let ctx = root().join("templates/testdata/knobs.json");
+    let render = |daemon: &str| {
+        routelb::cli::render_files(&root().join(format!("templates/{daemon}.conf.tera")), &ctx)
+            .unwrap()
+    };
+    let bird = render("bird");
+    for want in [
+        "hold time 0;",
+        "hold time 9;",
+        "bgp_local_pref = 0;",
+        "bfd { min rx interval 100 ms; min tx interval 150 ms; multiplier 5; };",
+        "bfd { min rx interval 1000 ms; min tx interval 1000 ms; multiplier 3; };",
+    ] {
+        assert!(bird.contains(want), "BIRD lacks {want:?}:\n{bird}");
+    }
+    assert!(!bird.contains("port 0"), "BIRD cannot take port 0:\n{bird}");
+    assert_eq!(
+        bird.matches("graceful restart on;").count(),
+        1,
+        "only the peer that asks"
+    );
+    let frr = render("frr");
+    for want in [
+        "neighbor 192.0.2.1 timers 0 0",
+        "neighbor 192.0.2.2 timers 3 9",
+        "set local-preference 0",
+        "neighbor 192.0.2.1 bfd 5 100 150",
+        "neighbor 192.0.2.2 bfd 3 1000 1000",
+        "neighbor 192.0.2.1 graceful-restart\n",
+        "neighbor 192.0.2.2 graceful-restart-disable",
+    ] {
+        assert!(frr.contains(want), "FRR lacks {want:?}:\n{frr}");
+    }
+    assert!(
+        !frr.contains("bgp graceful-restart"),
+        "no global graceful restart:\n{frr}"
+    );
+    assert_eq!(
+        frr.matches("graceful-restart\n").count(),
+        1,
+        "only the peer that asks:\n{frr}"
+    );
+    // No holdTime on the BGPPeer renders the documented 90 s, not a daemon's default.
+    let node = NodeInput {
+        name: "n".into(),
+        labels: Default::default(),
+        addresses: vec!["192.0.2.11".parse().unwrap()],
+    };
+    let rc: RouterConfigSpec = serde_json::from_value(json!({"asn": 64512})).unwrap();
+    let peer: BGPPeerSpec =
+        serde_json::from_value(json!({"address": "192.0.2.1", "asn": 64500})).unwrap();
+    let built = build(&Inputs {
+        node: &node,
+        router: ("default", &rc),
+        kernel: &KernelContract::default(),
+        peers: &[("p".into(), peer)],
+        pools: &[],
+        password: &|_| Err("none".into()),
+        previous: None,
+    })
+    .unwrap();
+    let template = std::fs::read_to_string(root().join("templates/bird.conf.tera")).unwrap();
+    let text = routelb_core::routing::render(&template, &built.context).unwrap();
+    assert!(text.contains("hold time 90;"), "{text}");
+    let template = std::fs::read_to_string(root().join("templates/frr.conf.tera")).unwrap();
+    let mut frr_ctx = built.context.clone();
+    frr_ctx.daemon = "frr".into();
+    let text = routelb_core::routing::render(&template, &frr_ctx).unwrap();
+    assert!(text.contains("neighbor 192.0.2.1 timers 30 90"), "{text}");
+    daemon_accepts("frr", &text, "default-hold");
 }

@@ -17,6 +17,9 @@ use crate::ipam::range::{AddrRange, Family, parse_entry};
 use crate::net::{KernelContract, Prefix};
 use crate::selector::{Labels, Selector};
 
+/// The hold time of a BGPPeer that sets none, in seconds.
+pub const DEFAULT_HOLD_TIME: u16 = 90;
+
 /// Version of the context schema; bumped on incompatible changes.
 pub const CONTEXT_VERSION: u32 = 1;
 
@@ -78,7 +81,9 @@ pub struct PeerCtx {
     pub ebgp: bool,
     /// Validated: printable ASCII without quotes, backslashes or spaces.
     pub password: Option<String>,
+    /// Seconds; 0: no keepalives. Always set by routelb (default 90).
     pub hold_time: Option<u16>,
+    /// A third of the hold time.
     pub keepalive: Option<u16>,
     pub ebgp_multihop: Option<u8>,
     pub bfd: Option<BfdCtx>,
@@ -144,12 +149,13 @@ fn check_password(p: &str) -> Result<String, String> {
     if p.is_empty() || p.len() > 80 {
         return Err("the password must have 1 to 80 characters".into());
     }
-    if let Some(c) = p.chars().find(|c| {
+    // The message never quotes the password (Events, logs and /readyz show it).
+    if p.chars().any(|c| {
         !c.is_ascii_graphic() || matches!(c, '"' | '\\' | '\'' | '#' | '!' | ';' | '{' | '}')
     }) {
-        return Err(format!(
-            "the password contains {c:?}; use letters, digits and punctuation other than quotes, backslashes, #, !, ;, braces"
-        ));
+        return Err(
+            "the password contains a character that is not allowed; use letters, digits and punctuation other than quotes, backslashes, #, !, ;, braces (no spaces, ASCII only)".into(),
+        );
     }
     Ok(p.to_string())
 }
@@ -193,18 +199,96 @@ pub fn cidrs(range: &AddrRange) -> Vec<Prefix> {
     }
 }
 
-/// Builds the context for a node from its RouterConfig, the kernel contract it governs
-/// (see [`super::contract`]), the BGPPeers, the pools and a password lookup. Peers whose
-/// nodeSelector does not select the node are left out.
-pub fn build(
-    node: &NodeInput,
-    router: (&str, &RouterConfigSpec),
-    kernel: &KernelContract,
-    peers: &[(String, BGPPeerSpec)],
-    pools: &[(String, AddressPoolSpec)],
-    password: &dyn Fn(&SecretKeyRef) -> Result<String, String>,
-) -> Result<Context, ContextError> {
-    let (rc_name, rc) = router;
+/// What a node's context is built from.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub node: &'a NodeInput,
+    /// The RouterConfig that governs the node: its name and spec.
+    pub router: (&'a str, &'a RouterConfigSpec),
+    /// The kernel contract it sets (see [`super::contract`]).
+    pub kernel: &'a KernelContract,
+    pub peers: &'a [(String, BGPPeerSpec)],
+    pub pools: &'a [(String, AddressPoolSpec)],
+    pub password: &'a dyn Fn(&SecretKeyRef) -> Result<String, String>,
+    /// The context last rendered for the node: a peer or pool that is invalid now keeps
+    /// its version from it.
+    pub previous: Option<&'a Context>,
+}
+
+impl std::fmt::Debug for Inputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("node", &self.node.name)
+            .field("router", &self.router.0)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of an object that could not be used as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fallback {
+    /// Its last valid version stays in use.
+    Kept,
+    /// Used without the part that is invalid (a pool's BGP attributes).
+    Partial,
+    /// Left out: there is no valid version of it.
+    LeftOut,
+}
+
+/// An object the context could not use as it is, and what was done instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub error: ContextError,
+    pub fallback: Fallback,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.fallback {
+            Fallback::Kept => "its last valid version stays in use",
+            Fallback::Partial => "its BGP attributes are left out",
+            Fallback::LeftOut => "it is left out",
+        };
+        write!(f, "{}; {what}", self.error)
+    }
+}
+
+/// A context, the objects it could not use as they are, and settings the daemon
+/// cannot apply as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    pub context: Context,
+    pub problems: Vec<Problem>,
+    /// What the RouterConfig asks that its daemon cannot do, and what happens instead.
+    pub notes: Vec<String>,
+}
+
+/// Settings of a RouterConfig that its daemon cannot apply as asked.
+fn unsupported(rc_name: &str, rc: &RouterConfigSpec) -> Vec<String> {
+    match (rc.daemon.unwrap_or_default(), rc.listen_port) {
+        (Daemon::Bird, Some(0)) => vec![format!(
+            "RouterConfig {rc_name}: listenPort 0 (outbound only): BIRD cannot stop listening and keeps its default port 179; use another port to stay clear of another BGP speaker"
+        )],
+        (Daemon::Frr, Some(port)) => vec![format!(
+            "RouterConfig {rc_name}: listenPort {port}: FRR takes its listen port only from bgpd's -p option (bgpd_options in the sidecar's daemons file), never at run time; make them agree"
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Builds the context for a node. Each BGPPeer and pool is checked on its own: one that
+/// cannot be used keeps its last valid version, or is left out, and is named in
+/// [`Built::problems`]; the others are rendered. Only a RouterConfig that cannot be used
+/// fails the whole context. Peers whose nodeSelector does not select the node are left
+/// out.
+pub fn build(inputs: &Inputs) -> Result<Built, ContextError> {
+    let Inputs {
+        node,
+        router: (rc_name, rc),
+        kernel,
+        previous,
+        ..
+    } = *inputs;
     let rc_err = |why: String| ContextError::RouterConfig {
         name: rc_name.to_string(),
         why,
@@ -214,26 +298,42 @@ pub fn build(
     if rc.asn == 0 {
         return Err(rc_err("asn must be between 1 and 4294967295".into()));
     }
+    let mut problems = Vec::new();
     let mut ctx_peers = Vec::new();
-    for (name, p) in peers {
-        let perr = |why: String| ContextError::Peer {
-            name: name.clone(),
-            why,
-        };
-        if let Some(peer) = peer_ctx(node, rc.asn, name, p, password).map_err(perr)? {
-            ctx_peers.push(peer);
+    for (name, p) in inputs.peers {
+        match peer_ctx(node, rc.asn, name, p, inputs.password) {
+            Ok(Some(peer)) => ctx_peers.push(peer),
+            Ok(None) => {}
+            Err(why) => {
+                let last = previous.and_then(|c| c.peers.iter().find(|x| x.name == *name));
+                problems.push(Problem {
+                    error: ContextError::Peer {
+                        name: name.clone(),
+                        why,
+                    },
+                    fallback: if last.is_some() {
+                        Fallback::Kept
+                    } else {
+                        Fallback::LeftOut
+                    },
+                });
+                ctx_peers.extend(last.cloned());
+            }
         }
     }
     ctx_peers.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ctx_pools = Vec::new();
-    for (name, spec) in pools.iter().filter(|(_, s)| s.mode == PoolMode::Routed) {
-        ctx_pools.push(pool_ctx(name, spec).map_err(|why| ContextError::Pool {
-            name: name.clone(),
-            why,
-        })?);
+    for (name, spec) in inputs
+        .pools
+        .iter()
+        .filter(|(_, s)| s.mode == PoolMode::Routed)
+    {
+        let (pool, problem) = pool_ctx(name, spec, previous);
+        ctx_pools.extend(pool);
+        problems.extend(problem);
     }
     ctx_pools.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Context {
+    let context = Context {
         version: CONTEXT_VERSION,
         daemon: match rc.daemon.unwrap_or_default() {
             Daemon::Bird => "bird",
@@ -251,6 +351,11 @@ pub fn build(
         },
         peers: ctx_peers,
         pools: ctx_pools,
+    };
+    Ok(Built {
+        context,
+        problems,
+        notes: unsupported(rc_name, rc),
     })
 }
 
@@ -286,6 +391,50 @@ fn router_id(node: &NodeInput, rc: &RouterConfigSpec) -> Result<Ipv4Addr, String
     }
 }
 
+fn peer_selector(p: &BGPPeerSpec) -> Result<Selector, String> {
+    match &p.node_selector {
+        Some(s) => Selector::from_k8s(s).map_err(|e| format!("nodeSelector: {e}")),
+        None => Ok(Selector::default()),
+    }
+}
+
+/// Whether an address can be a BGP neighbour: unicast, not unspecified, loopback,
+/// link-local, multicast or broadcast (the CRD refuses those too).
+fn unicast(a: IpAddr) -> bool {
+    let link_local = match a {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !link_local
+}
+
+/// The checks of a BGPPeer that do not depend on the node (its address, AS number, hold
+/// time and nodeSelector): what the allocator reports in the BGPPeer's `Valid`
+/// condition. Returns the peer's address.
+pub fn check_peer(p: &BGPPeerSpec) -> Result<IpAddr, String> {
+    peer_selector(p)?;
+    let address: IpAddr = p
+        .address
+        .trim()
+        .parse()
+        .map_err(|_| format!("address {:?} is not an IP address", p.address))?;
+    if !unicast(address) {
+        return Err(format!(
+            "address {address} is not a unicast address a node can peer with"
+        ));
+    }
+    if p.asn == 0 {
+        return Err("asn must be between 1 and 4294967295".into());
+    }
+    if let Some(h) = p.hold_time
+        && h != 0
+        && h < 3
+    {
+        return Err("holdTime must be 0 or at least 3 seconds".into());
+    }
+    Ok(address)
+}
+
 /// One peer's context, or `None` when its nodeSelector leaves this node out.
 fn peer_ctx(
     node: &NodeInput,
@@ -294,20 +443,12 @@ fn peer_ctx(
     p: &BGPPeerSpec,
     password: &dyn Fn(&SecretKeyRef) -> Result<String, String>,
 ) -> Result<Option<PeerCtx>, String> {
-    let selector = match &p.node_selector {
-        Some(s) => Selector::from_k8s(s).map_err(|e| format!("nodeSelector: {e}"))?,
-        None => Selector::default(),
-    };
-    if !selector.matches(&node.labels) {
+    if !peer_selector(p)?.matches(&node.labels) {
         return Ok(None);
     }
-    let address: IpAddr = p
-        .address
-        .trim()
-        .parse()
-        .map_err(|_| format!("address {:?} is not an IP address", p.address))?;
-    if p.asn == 0 {
-        return Err("asn must be between 1 and 4294967295".into());
+    let address = check_peer(p)?;
+    if node.addresses.contains(&address) {
+        return Err(format!("address {address} is node {}'s own", node.name));
     }
     let pw = match &p.password_secret_ref {
         Some(r) => Some(
@@ -317,12 +458,6 @@ fn peer_ctx(
         ),
         None => None,
     };
-    if let Some(h) = p.hold_time
-        && h != 0
-        && h < 3
-    {
-        return Err("holdTime must be 0 or at least 3 seconds".into());
-    }
     Ok(Some(PeerCtx {
         name: name.to_string(),
         id: ident("peer", name),
@@ -332,8 +467,10 @@ fn peer_ctx(
         port: p.port.unwrap_or(179),
         ebgp: p.asn != local_asn,
         password: pw,
-        hold_time: p.hold_time,
-        keepalive: p.hold_time.map(|h| h / 3),
+        // The documented default, rendered: each daemon's own default differs (BIRD 240,
+        // FRR 180).
+        hold_time: Some(p.hold_time.unwrap_or(DEFAULT_HOLD_TIME)),
+        keepalive: Some(p.hold_time.unwrap_or(DEFAULT_HOLD_TIME) / 3),
         ebgp_multihop: p.ebgp_multihop,
         bfd: p.bfd.as_ref().map(|b| BfdCtx {
             receive_interval: b.receive_interval.unwrap_or(300),
@@ -346,11 +483,36 @@ fn peer_ctx(
     }))
 }
 
-/// A routed pool's context: its prefixes and BGP attributes.
-fn pool_ctx(name: &str, spec: &AddressPoolSpec) -> Result<PoolCtx, String> {
+/// A routed pool's context: its prefixes and BGP attributes. A pool whose addresses
+/// cannot be read keeps its last valid version (or is left out); one whose BGP
+/// attributes are invalid keeps its last valid version, or is used without them, so its
+/// addresses stay announced.
+fn pool_ctx(
+    name: &str,
+    spec: &AddressPoolSpec,
+    previous: Option<&Context>,
+) -> (Option<PoolCtx>, Option<Problem>) {
+    let last = previous.and_then(|c| c.pools.iter().find(|p| p.name == name));
+    let problem = |why: String, fallback| Problem {
+        error: ContextError::Pool {
+            name: name.to_string(),
+            why,
+        },
+        fallback,
+    };
     let mut prefixes = (Vec::new(), Vec::new());
     for entry in &spec.addresses {
-        let range = parse_entry(entry).map_err(|e| e.to_string())?;
+        let range = match parse_entry(entry) {
+            Ok(r) => r,
+            Err(e) => {
+                let fallback = if last.is_some() {
+                    Fallback::Kept
+                } else {
+                    Fallback::LeftOut
+                };
+                return (last.cloned(), Some(problem(e.to_string(), fallback)));
+            }
+        };
         let list = if range.family == Family::V4 {
             &mut prefixes.0
         } else {
@@ -358,32 +520,56 @@ fn pool_ctx(name: &str, spec: &AddressPoolSpec) -> Result<PoolCtx, String> {
         };
         list.extend(cidrs(&range).iter().map(ToString::to_string));
     }
-    let bgp = spec.bgp.clone().unwrap_or_default();
-    let (mut communities, mut large) = (Vec::new(), Vec::new());
-    for c in &bgp.communities {
-        let parts: Vec<Option<u32>> = c.split(':').map(|p| p.parse().ok()).collect();
-        match parts.as_slice() {
-            [Some(a), Some(b)] if *a <= 65535 && *b <= 65535 => communities.push(c.clone()),
-            [Some(_), Some(_), Some(_)] => large.push(c.clone()),
-            _ => {
-                return Err(format!(
-                    "community {c:?} is neither ASN:VALUE (16-bit each) nor ASN:X:Y"
-                ));
-            }
-        }
-    }
     let (aggregation4, aggregation6) = AggregationLength::of(spec);
-    Ok(PoolCtx {
+    let mut pool = PoolCtx {
         name: name.to_string(),
         id: ident("pool", name),
         prefixes4: prefixes.0,
         prefixes6: prefixes.1,
         aggregation4,
         aggregation6,
-        communities,
-        large_communities: large,
-        local_preference: bgp.local_preference,
-    })
+        communities: Vec::new(),
+        large_communities: Vec::new(),
+        local_preference: None,
+    };
+    let bgp = spec.bgp.clone().unwrap_or_default();
+    for c in &bgp.communities {
+        let parts: Vec<Option<u32>> = c.split(':').map(|p| p.parse().ok()).collect();
+        match parts.as_slice() {
+            [Some(a), Some(b)] if *a <= 65535 && *b <= 65535 => pool.communities.push(c.clone()),
+            [Some(_), Some(_), Some(_)] => pool.large_communities.push(c.clone()),
+            _ => {
+                let why = format!(
+                    "community {c:?} is neither ASN:VALUE (16-bit each) nor ASN:X:Y (32-bit each)"
+                );
+                // The addresses as they are now, the attributes as they last were.
+                let (communities, large, local_preference) = match last {
+                    Some(l) => (
+                        l.communities.clone(),
+                        l.large_communities.clone(),
+                        l.local_preference,
+                    ),
+                    None => (Vec::new(), Vec::new(), None),
+                };
+                let fallback = if last.is_some() {
+                    Fallback::Kept
+                } else {
+                    Fallback::Partial
+                };
+                return (
+                    Some(PoolCtx {
+                        communities,
+                        large_communities: large,
+                        local_preference,
+                        ..pool
+                    }),
+                    Some(problem(why, fallback)),
+                );
+            }
+        }
+    }
+    pool.local_preference = bgp.local_preference;
+    (Some(pool), None)
 }
 
 #[cfg(test)]
@@ -444,6 +630,24 @@ mod tests {
         assert_eq!(c("::/0"), ["::/0"]);
     }
 
+    fn built(
+        rc: &RouterConfigSpec,
+        peers: &[(String, BGPPeerSpec)],
+        pools: &[(String, AddressPoolSpec)],
+        password: &dyn Fn(&SecretKeyRef) -> Result<String, String>,
+        previous: Option<&Context>,
+    ) -> Result<Built, ContextError> {
+        build(&Inputs {
+            node: &node(),
+            router: ("default", rc),
+            kernel: &KernelContract::default(),
+            peers,
+            pools,
+            password,
+            previous,
+        })
+    }
+
     #[test]
     fn selects_peers_by_node_labels_and_derives_ids() {
         let peers = vec![
@@ -464,15 +668,9 @@ mod tests {
                 peer(json!({"address": "2001:db8::1", "asn": 64512, "holdTime": 9, "bfd": {}})),
             ),
         ];
-        let ctx = build(
-            &node(),
-            ("default", &rc()),
-            &KernelContract::default(),
-            &peers,
-            &[],
-            &no_secrets,
-        )
-        .unwrap();
+        let ctx = built(&rc(), &peers, &[], &no_secrets, None)
+            .unwrap()
+            .context;
         let names: Vec<&str> = ctx.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["leaf-a", "v6.spine"]);
         assert_eq!(ctx.peers[1].id, "peer_v6_spine");
@@ -493,11 +691,20 @@ mod tests {
     }
 
     #[test]
-    fn crafted_values_are_rejected_with_the_object_named() {
-        let with_pw = vec![(
-            "p".to_string(),
-            peer(json!({"address": "192.0.2.1", "asn": 64500, "passwordSecretRef": {"name": "s"}})),
-        )];
+    fn crafted_values_are_refused_with_the_object_named_and_nothing_else_stops() {
+        let good = (
+            "good".to_string(),
+            peer(json!({"address": "192.0.2.2", "asn": 64500})),
+        );
+        let with_pw = vec![
+            (
+                "p".to_string(),
+                peer(
+                    json!({"address": "192.0.2.1", "asn": 64500, "passwordSecretRef": {"name": "s"}}),
+                ),
+            ),
+            good.clone(),
+        ];
         for bad in [
             "x\"; }\nprotocol static evil {",
             "a b",
@@ -506,76 +713,65 @@ mod tests {
             "",
         ] {
             let lookup = |_: &SecretKeyRef| Ok(bad.to_string());
-            let err = build(
-                &node(),
-                ("default", &rc()),
-                &KernelContract::default(),
-                &with_pw,
-                &[],
-                &lookup,
-            )
-            .unwrap_err();
+            let b = built(&rc(), &with_pw, &[], &lookup, None).unwrap();
+            assert_eq!(b.problems.len(), 1, "{:?}", b.problems);
+            let problem = b.problems[0].to_string();
             assert!(
-                err.to_string().starts_with("BGPPeer p: passwordSecretRef:"),
-                "{err}"
+                problem.starts_with("BGPPeer p: passwordSecretRef:"),
+                "{problem}"
             );
+            assert!(problem.ends_with("it is left out"), "{problem}");
+            if bad.len() > 1 {
+                assert!(
+                    !problem.contains(bad),
+                    "the password is never quoted: {problem}"
+                );
+            }
+            let names: Vec<&str> = b.context.peers.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(names, ["good"], "the other peer is rendered");
         }
-        let ok = build(
-            &node(),
-            ("default", &rc()),
-            &KernelContract::default(),
-            &with_pw,
-            &[],
-            &|_| Ok("s3cr3t-pw".into()),
-        )
-        .unwrap();
-        assert_eq!(ok.peers[0].password.as_deref(), Some("s3cr3t-pw"));
-        let bad_addr = vec![(
-            "p".to_string(),
-            peer(json!({"address": "192.0.2.1 as 1; } protocol x {", "asn": 64500})),
-        )];
-        let err = build(
-            &node(),
-            ("default", &rc()),
-            &KernelContract::default(),
-            &bad_addr,
-            &[],
-            &no_secrets,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("is not an IP address"), "{err}");
+        let ok = built(&rc(), &with_pw, &[], &|_| Ok("s3cr3t-pw".into()), None).unwrap();
+        assert!(ok.problems.is_empty());
+        assert_eq!(ok.context.peers[1].password.as_deref(), Some("s3cr3t-pw"));
+        // Broken later: the last valid version stays.
+        let lookup = |_: &SecretKeyRef| Err("Secret routelb-system/s not found".to_string());
+        let b = built(&rc(), &with_pw, &[], &lookup, Some(&ok.context)).unwrap();
+        assert_eq!(b.problems[0].fallback, Fallback::Kept);
+        assert_eq!(b.context.peers, ok.context.peers);
+        let bad_addr = vec![
+            (
+                "p".to_string(),
+                peer(json!({"address": "192.0.2.1 as 1; } protocol x {", "asn": 64500})),
+            ),
+            (
+                "me".to_string(),
+                peer(json!({"address": "192.0.2.11", "asn": 64500})),
+            ),
+        ];
+        let b = built(&rc(), &bad_addr, &[], &no_secrets, None).unwrap();
+        let problems: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+        assert!(problems[0].contains("is not an IP address"), "{problems:?}");
+        assert!(problems[1].contains("node-1's own"), "{problems:?}");
+        assert!(b.context.peers.is_empty());
         let bad_pool: Vec<(String, AddressPoolSpec)> = vec![(
             "p".into(),
             serde_json::from_value(
-                json!({"addresses": ["192.0.2.0/24"], "bgp": {"communities": ["1:2; evil"]}}),
+                json!({"addresses": ["192.0.2.0/24"], "bgp": {"communities": ["1:2; evil", "65536:1"]}}),
             )
             .unwrap(),
         )];
-        assert!(
-            build(
-                &node(),
-                ("default", &rc()),
-                &KernelContract::default(),
-                &[],
-                &bad_pool,
-                &no_secrets
-            )
-            .is_err()
-        );
+        // A pool with bad attributes keeps its addresses (announced) without them.
+        let b = built(&rc(), &[], &bad_pool, &no_secrets, None).unwrap();
+        assert_eq!(b.problems[0].fallback, Fallback::Partial);
+        assert_eq!(b.context.pools[0].prefixes4, ["192.0.2.0/24"]);
+        assert!(b.context.pools[0].communities.is_empty());
         let mut bad_rc = rc();
         bad_rc.router_id = Some("1.2.3.4; }".into());
         assert!(
-            build(
-                &node(),
-                ("default", &bad_rc),
-                &KernelContract::default(),
-                &[],
-                &[],
-                &no_secrets
-            )
-            .unwrap_err()
-            .to_string()
-            .contains("routerID")
+            built(&bad_rc, &[], &[], &no_secrets, None)
+                .unwrap_err()
+                .to_string()
+                .contains("routerID")
         );
     }
 
@@ -585,15 +781,9 @@ mod tests {
             ("public".into(), serde_json::from_value(json!({"addresses": ["203.0.113.0/24", "2001:db8:1::/64"], "aggregationLength": {"ipv4": 24}, "bgp": {"communities": ["65000:100", "64512:1:2"], "localPreference": 200}})).unwrap()),
             ("l2".into(), serde_json::from_value(json!({"addresses": ["198.51.100.0/24"], "mode": "local"})).unwrap()),
         ];
-        let ctx = build(
-            &node(),
-            ("default", &rc()),
-            &KernelContract::default(),
-            &[],
-            &pools,
-            &no_secrets,
-        )
-        .unwrap();
+        let ctx = built(&rc(), &[], &pools, &no_secrets, None)
+            .unwrap()
+            .context;
         assert_eq!(ctx.pools.len(), 1);
         let p = &ctx.pools[0];
         assert_eq!(
@@ -611,5 +801,13 @@ mod tests {
                 ["64512:1:2".to_string()].as_slice()
             )
         );
+        // A pool whose addresses break keeps its last valid version.
+        let broken: Vec<(String, AddressPoolSpec)> = vec![(
+            "public".into(),
+            serde_json::from_value(json!({"addresses": ["203.0.113.9-203.0.113.1"]})).unwrap(),
+        )];
+        let b = built(&rc(), &[], &broken, &no_secrets, Some(&ctx)).unwrap();
+        assert_eq!(b.problems[0].fallback, Fallback::Kept);
+        assert_eq!(b.context.pools, ctx.pools);
     }
 }
