@@ -463,6 +463,11 @@ impl Core {
             }
             Err(e) => {
                 let note = match &before {
+                    Some(b) if self.ipam.pool(&b.pool).is_none() => format!(
+                        "{e}; keeping {} from AddressPool {}, which was deleted: the Service keeps the address, announced, until it is deleted or asks for another pool (recreate the pool to manage it again)",
+                        list(&b.addresses),
+                        b.pool
+                    ),
                     Some(b) => format!(
                         "{e}; keeping {} from AddressPool {}",
                         list(&b.addresses),
@@ -1142,5 +1147,44 @@ mod tests {
             })
             .expect("a publish");
         assert_eq!(publish, (vec![IpAddr::from([198, 51, 100, 7])], None));
+    }
+
+    #[test]
+    fn a_service_pinned_to_a_deleted_pool_keeps_its_address_and_is_told_why() {
+        let mut core = Core::new(Settings::default());
+        let pinned = |extra: Value| {
+            let mut v = json!({"metadata": {"annotations": {"routelb.io/pool": "p", "routelb.io/allocated-from": "p"}}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+            json_patch::merge(&mut v, &extra);
+            svc("s", v)
+        };
+        core.restore(&[pinned(json!({}))], &[pool("p", &["192.0.2.0/30"])], &[]);
+        let effects = core.pool_deleted("p");
+        assert!(
+            published(&effects).is_empty(),
+            "never taken away: {effects:?}"
+        );
+        let note = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Event {
+                    reason: "AllocationFailed",
+                    note,
+                    ..
+                } => Some(note.clone()),
+                _ => None,
+            })
+            .expect("an Event");
+        assert!(note.contains("which was deleted"), "{note}");
+        // Recreated, the pool manages it again, at the same address.
+        core.pool_applied(&pool("p", &["192.0.2.0/30"]));
+        let again = core.service_applied(pinned(json!({"metadata": {"labels": {"x": "y"}}})));
+        assert!(published(&again).is_empty(), "{again:?}");
+        assert_eq!(
+            core.ipam()
+                .assignment(&ServiceKey::new("ns", "s"))
+                .unwrap()
+                .addresses,
+            [IpAddr::from([192, 0, 2, 1])]
+        );
     }
 }

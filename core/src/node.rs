@@ -138,8 +138,7 @@ pub fn ready_endpoint_on(node: &str, slice: &EndpointSlice) -> bool {
     })
 }
 
-/// The rule for one Service. `None` when the Service is from a `local` (L2) pool, which
-/// is announced elsewhere.
+/// The rule for one Service.
 pub fn decide(
     node: Option<&NodeFacts>,
     svc: &ServiceFacts,
@@ -149,7 +148,10 @@ pub fn decide(
     // A pool that is gone: keep announcing with defaults until the allocator moves it.
     let facts = pool.copied().unwrap_or_default();
     if facts.mode == PoolMode::Local {
-        return None;
+        return Some(Decision::Withhold(format!(
+            "AddressPool {} is a local (L2) pool: its addresses are answered on the LAN, not routed",
+            svc.pool
+        )));
     }
     let Some(node) = node else {
         return Some(Decision::Withhold(
@@ -542,11 +544,13 @@ mod tests {
             m.desired().addresses.is_empty(),
             "the Local one alone does not want it here"
         );
-        // A local (L2) pool's Services are not announced by routing.
+        // A local (L2) pool's Services are not announced by routing, and say why.
         m.pool_applied(&pool("p", json!({"mode": "local"})));
         m.service_applied(svc("l2", json!({})));
         assert!(m.desired().addresses.is_empty());
-        assert!(m.decision(&ServiceKey::new("ns", "l2")).is_none());
+        assert!(
+            matches!(m.decision(&ServiceKey::new("ns", "l2")), Some(Decision::Withhold(r)) if r.contains("local (L2)"))
+        );
     }
 
     #[test]

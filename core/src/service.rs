@@ -23,6 +23,9 @@ pub const POOL: &str = "routelb.io/pool";
 pub const ADDRESSES: &str = "routelb.io/addresses";
 /// Annotation holding the sharing key.
 pub const ALLOW_SHARED_IP: &str = "routelb.io/allow-shared-ip";
+/// Annotation letting a Service share its key with Services of other namespaces that
+/// opt in too (`"true"`); without it a sharing key is the namespace's own.
+pub const SHARE_ACROSS_NAMESPACES: &str = "routelb.io/share-across-namespaces";
 /// Annotation routelb writes: the pool the addresses came from.
 pub const ALLOCATED_FROM: &str = "routelb.io/allocated-from";
 
@@ -41,6 +44,7 @@ const ADDRESSES_ALIASES: &[&str] = &[
     "eip.openelb.kubesphere.io/v1alpha1",
     "lbipam.cilium.io/ips",
 ];
+const ACROSS_ALIASES: &[&str] = &["lbipam.cilium.io/sharing-cross-namespace"];
 const SHARED_ALIASES: &[&str] = &[
     "metallb.io/allow-shared-ip",
     "metallb.universe.tf/allow-shared-ip",
@@ -112,6 +116,8 @@ pub enum AnnotationError {
     },
     #[error("spec.loadBalancerIP {0:?} is not an IP address")]
     BadLoadBalancerIp(String),
+    #[error("annotation {annotation}: {value:?} is neither \"true\" nor \"false\"")]
+    NotABool { annotation: String, value: String },
 }
 
 /// What a Service asks for, with warnings worth an Event.
@@ -179,7 +185,28 @@ pub fn parse(svc: &Service, namespace_labels: &Labels) -> Result<Parsed, Annotat
     let spec = svc.spec.as_ref().unwrap_or(&no_spec);
     let pool = annotation(annotations, POOL, POOL_ALIASES)?.map(|(_, v)| v.to_string());
     let requested = annotation(annotations, ADDRESSES, ADDRESSES_ALIASES)?;
-    let key = annotation(annotations, ALLOW_SHARED_IP, SHARED_ALIASES)?.map(|(_, v)| Arc::from(v));
+    // A sharing key belongs to its namespace: any tenant could copy another's key. Only
+    // Services that all opt in share across namespaces (Cilium's rule).
+    let across = match annotation(annotations, SHARE_ACROSS_NAMESPACES, ACROSS_ALIASES)? {
+        None => false,
+        Some((SHARE_ACROSS_NAMESPACES, v)) => match v.trim() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(AnnotationError::NotABool {
+                    annotation: SHARE_ACROSS_NAMESPACES.into(),
+                    value: other.into(),
+                });
+            }
+        },
+        // Cilium's lists namespaces; any list opts in here.
+        Some(_) => true,
+    };
+    let namespace = svc.metadata.namespace.as_deref().unwrap_or_default();
+    let key = annotation(annotations, ALLOW_SHARED_IP, SHARED_ALIASES)?.map(|(_, v)| {
+        let scope = if across { "*" } else { namespace };
+        Arc::from(format!("{scope}/{v}"))
+    });
     let lb_ip = spec
         .load_balancer_ip
         .as_deref()
@@ -321,7 +348,24 @@ mod tests {
         let r = &p.request;
         assert_eq!(r.pool.as_deref(), Some("public"));
         assert_eq!(r.addresses.len(), 2);
-        assert_eq!(r.share.key.as_deref(), Some("dns"));
+        assert_eq!(
+            r.share.key.as_deref(),
+            Some("shop/dns"),
+            "a sharing key belongs to its namespace"
+        );
+        let across = parse(
+            &svc(json!({"metadata": {"annotations": {ALLOW_SHARED_IP: "dns", SHARE_ACROSS_NAMESPACES: "true"}}})),
+            &Labels::new(),
+        )
+        .unwrap();
+        assert_eq!(across.request.share.key.as_deref(), Some("*/dns"));
+        let bad = parse(
+            &svc(
+                json!({"metadata": {"annotations": {ALLOW_SHARED_IP: "dns", SHARE_ACROSS_NAMESPACES: "yes"}}}),
+            ),
+            &Labels::new(),
+        );
+        assert!(bad.unwrap_err().to_string().contains("neither"));
         assert_eq!(r.policy, FamilyPolicy::RequireDualStack);
         assert!(
             matches!(&r.share.traffic, TrafficPolicy::Local { selector } if selector["app"] == "dns")

@@ -217,13 +217,56 @@ async fn a_routing_daemon_restart_recovers_the_routes() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The agent says its daemon is down.
+        let events: Api<Event> = Api::namespaced(lab.client.clone(), "default");
+        let name = lab.nodes[node].name.clone();
+        let reasons = || async {
+            events
+                .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter_map(|e| e.reason)
+                .collect::<Vec<String>>()
+        };
+        let start = Instant::now();
+        while !reasons().await.iter().any(|r| r == "RoutingDaemonDown") {
+            assert!(
+                start.elapsed() < WAIT,
+                "no RoutingDaemonDown Event: {:?}",
+                reasons().await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Its sidecar restarts with the bootstrap configuration, as a new container does.
+        if lab.nodes[node].kind == Kind::Bird {
+            std::fs::copy(
+                lab.opts.repo.join("examples/bird/bird.conf"),
+                lab.nodes[node].dir.join("bird.conf"),
+            )
+            .unwrap();
+        }
         lab.start_daemon(node).unwrap();
-        lab.wait_nexthops(0, ip, &all, Duration::from_secs(60))
+        // The agent notices within seconds and gives it its configuration again.
+        let took = lab
+            .wait_nexthops(0, ip, &all, Duration::from_secs(15))
             .await
             .unwrap();
-        lab.wait_nexthops(0, ip2, &all, Duration::from_secs(60))
+        eprintln!(
+            "{}: routes back at the router {took:?} after the daemon restarted",
+            lab.nodes[node].name
+        );
+        lab.wait_nexthops(0, ip2, &all, WAIT).await.unwrap();
+        let start = Instant::now();
+        while !reasons()
             .await
-            .unwrap();
+            .iter()
+            .any(|r| r == "RoutingDaemonUp" || r == "RoutingDaemonRestarted")
+        {
+            assert!(start.elapsed() < WAIT, "no Up Event: {:?}", reasons().await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 

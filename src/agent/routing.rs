@@ -60,7 +60,7 @@ impl Default for RoutingOptions {
             vtysh: "/usr/bin/vtysh".into(),
             frr_reload: "/usr/lib/frr/frr-reload.py".into(),
             secrets_namespace: "routelb-system".into(),
-            interval: Duration::from_secs(5),
+            interval: Duration::from_secs(2),
         }
     }
 }
@@ -159,6 +159,7 @@ pub fn spawn(
         reported: Once::default(),
         previous: None,
         applied_context: BTreeMap::new(),
+        instances: BTreeMap::new(),
         objects: Once::default(),
     };
     tokio::spawn(task.run(inputs));
@@ -237,6 +238,8 @@ struct Task {
     previous: Option<Context>,
     /// The context each daemon's configuration was last rendered from, as loaded.
     applied_context: BTreeMap<&'static str, Context>,
+    /// Each daemon's process as last seen (`None`: it did not answer).
+    instances: BTreeMap<&'static str, Option<String>>,
     /// Problems with single objects, reported once each.
     objects: Once<String>,
 }
@@ -384,10 +387,75 @@ impl Task {
                     text,
                     context,
                 } => {
+                    self.follow(&daemon).await;
                     let programmed = inputs.programmed.borrow().contains(&plan.contract);
                     self.offer(daemon, text, plan.contract.clone(), *context, programmed)
                         .await;
                 }
+            }
+        }
+    }
+
+    /// Follows the daemon's process: says when it stops answering and when it is back,
+    /// and when it restarted (it may run any configuration then, its bootstrap one for
+    /// instance) forgets what it was given, so that it is given its configuration again.
+    async fn follow(&mut self, daemon: &Arc<dyn RoutingDaemon>) {
+        let name = daemon.name();
+        let d = daemon.clone();
+        let instance = tokio::task::spawn_blocking(move || d.instance())
+            .await
+            .unwrap_or_else(|e| Err(task_failed(&e)));
+        let seen = self.instances.get(name).cloned();
+        let event = |reason: &str, warning: bool, note: String| Note {
+            regarding: Regarding::node(&self.node_name),
+            warning,
+            reason: reason.into(),
+            action: "Follow".into(),
+            note,
+        };
+        match instance {
+            Ok(id) => {
+                let note = match &seen {
+                    Some(Some(old)) if *old != id => Some((
+                        "RoutingDaemonRestarted",
+                        format!(
+                            "{name} restarted on node {}; routelb gives it its configuration again",
+                            self.node_name
+                        ),
+                    )),
+                    Some(None) => Some((
+                        "RoutingDaemonUp",
+                        format!(
+                            "{name} answers again on node {}; routelb gives it its configuration again",
+                            self.node_name
+                        ),
+                    )),
+                    _ => None,
+                };
+                if let Some((reason, note)) = note {
+                    tracing::warn!(daemon = name, "{note}");
+                    self.publisher.publish(event(reason, false, note));
+                    self.applied.remove(name);
+                    self.applied_context.remove(name);
+                }
+                self.instances.insert(name, Some(id));
+            }
+            Err(e) => {
+                if !matches!(seen, Some(None)) {
+                    let note = format!(
+                        "{name} does not answer on node {}: {e}; the kernel side goes on, the configuration is given again when it is back",
+                        self.node_name
+                    );
+                    tracing::warn!(daemon = name, error = %e, "routing daemon down");
+                    self.publisher
+                        .publish(event("RoutingDaemonDown", true, note));
+                }
+                self.instances.insert(name, None);
+                self.set(|s| {
+                    s.daemon = Some(name);
+                    s.reachable = false;
+                    s.state = format!("{name} unreachable: {e}");
+                });
             }
         }
     }

@@ -425,13 +425,25 @@ impl Session {
                     warning,
                     reason,
                     note,
-                } => self.publisher.publish(Note {
-                    regarding,
-                    warning,
-                    reason: reason.to_string(),
-                    action: "Allocate".into(),
-                    note,
-                }),
+                } => {
+                    // Every decision is in the log too, at the default level.
+                    let object = match &regarding.namespace {
+                        Some(ns) => format!("{ns}/{}", regarding.name),
+                        None => regarding.name.clone(),
+                    };
+                    if warning {
+                        tracing::warn!(kind = regarding.kind, %object, reason, "{note}");
+                    } else {
+                        tracing::info!(kind = regarding.kind, %object, reason, "{note}");
+                    }
+                    self.publisher.publish(Note {
+                        regarding,
+                        warning,
+                        reason: reason.to_string(),
+                        action: "Allocate".into(),
+                        note,
+                    })
+                }
                 Effect::PoolStatus(p) => {
                     self.dirty_pools.insert(p);
                 }

@@ -52,6 +52,25 @@ impl RoutingDaemon for Bird {
         }
     }
 
+    /// BIRD's `show status` says when it started ("Last reboot on ...").
+    fn instance(&self) -> Result<String, DaemonError> {
+        let lines = match self.command("show status")? {
+            Ok(lines) => lines,
+            Err(r) => {
+                return Err(DaemonError::Failed {
+                    what: "show status".into(),
+                    errno: None,
+                    message: r.message,
+                });
+            }
+        };
+        Ok(lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("Last reboot on"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|| lines.join(" ")))
+    }
+
     fn validate(&self, text: &str) -> Result<(), DaemonError> {
         check_file(&self.config, text, |file| {
             // The daemon itself checks (same version, same paths); without it, bird -p.

@@ -128,6 +128,18 @@ impl RoutingDaemon for Frr {
             .to_string())
     }
 
+    /// The process IDs of zebra and bgpd (their pid files beside the vty sockets).
+    fn instance(&self) -> Result<String, DaemonError> {
+        self.probe()?;
+        let pid = |d: &str| {
+            let path = self.vty_dir.join(format!("{d}.pid"));
+            std::fs::read_to_string(&path)
+                .map(|p| p.trim().to_string())
+                .map_err(|e| DaemonError::io(format!("read {}", path.display()), &e))
+        };
+        Ok(format!("zebra {} bgpd {}", pid("zebra")?, pid("bgpd")?))
+    }
+
     fn settle(&self, before: Option<&Context>, after: &Context) -> Result<(), DaemonError> {
         let Some(before) = before else { return Ok(()) };
         for peer in &after.peers {

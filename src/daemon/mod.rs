@@ -21,6 +21,9 @@ pub trait RoutingDaemon: fmt::Debug + Send + Sync {
     fn config_path(&self) -> &Path;
     /// Whether the daemon answers; returns its greeting or version.
     fn probe(&self) -> Result<String, DaemonError>;
+    /// What identifies the running daemon process: changes when it restarts (then it
+    /// may run any configuration, its bootstrap one for instance).
+    fn instance(&self) -> Result<String, DaemonError>;
     /// Checks a configuration without applying it.
     fn validate(&self, text: &str) -> Result<(), DaemonError>;
     /// Makes the running daemon load the configuration file as it is now.
@@ -130,11 +133,25 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes a file so that readers see the old or the new content, never a mix.
+/// Writes a file so that readers see the old or the new content, never a mix. The file
+/// is readable by its owner and group only (configurations hold BGP passwords); a file it
+/// replaces keeps its owner and group (the daemon's user may need to read it).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let tmp = sibling(path, &format!("tmp{}", std::process::id()));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)?;
+        if let Ok(old) = std::fs::metadata(path) {
+            // Best effort: a member of the group may give the file its group; only
+            // CAP_CHOWN gives it away.
+            let _ = std::os::unix::fs::fchown(&f, None, Some(old.gid()));
+            let _ = std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid()));
+        }
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
@@ -167,6 +184,9 @@ mod tests {
         write_atomic(&f, "one").unwrap();
         write_atomic(&f, "two").unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "two");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "passwords are not world-readable");
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             1,

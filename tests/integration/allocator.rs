@@ -785,3 +785,40 @@ async fn a_status_showing_another_services_address_is_cleared_running_or_restart
     );
     alloc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_key_is_its_namespaces_own_unless_both_opt_in() {
+    let (c, _a) = cluster_with_allocator().await;
+    c.pool("a", json!({"addresses": ["192.0.2.0/28"]})).await;
+    c.namespace("tenant-a", &[]).await;
+    c.namespace("tenant-b", &[]).await;
+    let keyed = |port: u16, across: bool| {
+        let mut annotations =
+            json!({"routelb.io/allow-shared-ip": "shared", "routelb.io/addresses": "192.0.2.5"});
+        if across {
+            annotations["routelb.io/share-across-namespaces"] = json!("true");
+        }
+        json!({"metadata": {"annotations": annotations}, "spec": {"ports": [{"port": port}]}})
+    };
+    c.service("tenant-a", "victim", keyed(80, false)).await;
+    assert_eq!(c.wait_ips("tenant-a", "victim", 1).await, [ip("192.0.2.5")]);
+    // Copying the key from another namespace gets nothing.
+    c.service("tenant-b", "copycat", keyed(81, false)).await;
+    c.wait_event(
+        "tenant-b",
+        "copycat",
+        "AllocationFailed",
+        "its namespace's own",
+    )
+    .await;
+    assert!(c.ips("tenant-b", "copycat").await.is_empty());
+    // Services that both opt in share across namespaces.
+    let mut a = keyed(82, true);
+    a["metadata"]["annotations"]["routelb.io/addresses"] = json!("192.0.2.9");
+    c.service("tenant-a", "open-a", a).await;
+    let shared = c.wait_ips("tenant-a", "open-a", 1).await;
+    let mut b = keyed(83, true);
+    b["metadata"]["annotations"]["routelb.io/addresses"] = json!(shared[0].to_string());
+    c.service("tenant-b", "open-b", b).await;
+    assert_eq!(c.wait_ips("tenant-b", "open-b", 1).await, shared);
+}

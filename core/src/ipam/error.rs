@@ -43,13 +43,29 @@ pub enum ShareConflict {
     },
 }
 
+/// A sharing key as the Service reads it, and its scope: a namespace, or `*` for
+/// Services that share across namespaces (see `crate::service`).
+fn split_key(k: &str) -> (&str, &str) {
+    k.split_once('/').unwrap_or(("", k))
+}
+
 fn share_keys(holder_key: &Option<String>, key: &Option<String>) -> String {
-    match (holder_key, key) {
+    let across = "both Services set routelb.io/share-across-namespaces: \"true\"";
+    match (
+        holder_key.as_deref().map(split_key),
+        key.as_deref().map(split_key),
+    ) {
         (None, _) => " without a sharing key".to_string(),
-        (Some(h), None) => {
+        (Some(("*", h)), None) => format!(
+            " with sharing key {h:?} across namespaces; set routelb.io/allow-shared-ip: {h:?} and routelb.io/share-across-namespaces: \"true\" to share it"
+        ),
+        (Some((_, h)), None) => {
             format!(" with sharing key {h:?}; set routelb.io/allow-shared-ip: {h:?} to share it")
         }
-        (Some(h), Some(k)) => format!(" with sharing key {h:?}, not {k:?}"),
+        (Some((hs, h)), Some((ks, k))) if h == k && hs != ks => format!(
+            " with sharing key {h:?} in another scope: a key is its namespace's own unless {across}"
+        ),
+        (Some((_, h)), Some((_, k))) => format!(" with sharing key {h:?}, not {k:?}"),
     }
 }
 
