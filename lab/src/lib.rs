@@ -112,6 +112,25 @@ pub struct RouterInfo {
     pub dir: PathBuf,
 }
 
+/// A client connecting continuously (see [`Lab::client_loop`]).
+#[derive(Debug)]
+pub struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<anyhow::Result<BTreeMap<String, usize>>>,
+}
+
+impl ClientLoop {
+    /// Stops; connections by node that answered, and failures by kind (`failed: ...`).
+    pub fn stop(self) -> BTreeMap<String, usize> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .join()
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default()
+    }
+}
+
 /// A running lab.
 pub struct Lab {
     pub id: String,
@@ -203,6 +222,11 @@ pub fn route_changes(log: &str, addr: IpAddr) -> Vec<(bool, BTreeSet<IpAddr>)> {
     let mut out: Vec<(bool, BTreeSet<IpAddr>)> = Vec::new();
     let mut current = false;
     for line in log.lines() {
+        // `ip -ts monitor` puts a timestamp first.
+        let line = match line.strip_prefix('[') {
+            Some(rest) => rest.split_once("] ").map_or(line, |(_, r)| r),
+            None => line,
+        };
         let record = !line.starts_with([' ', '\t']);
         if record {
             let (deleted, rest) = match line.strip_prefix("Deleted ") {
@@ -707,7 +731,7 @@ impl Lab {
                     std::fs::copy(self.opts.repo.join("examples/bird/bird.conf"), &conf)?;
                 }
                 let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", &n.netns, "bird", "-f", "-c"])
+                cmd.args(["netns", "exec", &n.netns, "bird", "-f", "-R", "-c"])
                     .arg(&conf)
                     .arg("-s")
                     .arg(n.dir.join("bird.ctl"))
@@ -738,6 +762,23 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Stops a node's routing daemon as a pod deletion does: SIGTERM, BIRD after
+    /// `birdc graceful restart` when `graceful` (what the sidecar's preStop hook runs),
+    /// so that its sessions close without a notification and routers keep its routes.
+    pub fn stop_daemon(&mut self, i: usize, graceful: bool) {
+        let n = self.nodes[i].clone();
+        if graceful && n.kind == Kind::Bird {
+            let _ = Command::new("birdc")
+                .arg("-s")
+                .arg(n.dir.join("bird.ctl"))
+                .args(["graceful", "restart"])
+                .output();
+        }
+        for p in ["bird", "bgpd", "zebra"] {
+            self.stop_proc(&format!("{p}-{}", n.name), "-TERM");
+        }
     }
 
     /// Stops a node's routing daemon (SIGKILL: a crash).
@@ -947,7 +988,7 @@ impl Lab {
         let ns = self.routers[router].netns.clone();
         let log = self.dir.join(format!("route-monitor-{router}.log"));
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns, "ip", "monitor", "route"]);
+        cmd.args(["netns", "exec", &ns, "ip", "-ts", "monitor", "route"]);
         self.spawn(&format!("monitor-{router}"), &mut cmd, &log)?;
         // `ip monitor` subscribes right after it starts.
         std::thread::sleep(Duration::from_millis(200));
@@ -1105,6 +1146,39 @@ impl Lab {
         .map_err(|_| anyhow::anyhow!("client thread panicked"))?
     }
 
+    /// Connects to `addr` from the client namespace over and over (every 10 ms, 1 s
+    /// timeout) until stopped: what a user's traffic sees.
+    pub fn client_loop(&self, addr: IpAddr) -> ClientLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = in_netns(&self.client_netns, move || {
+            let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+            while !flag.load(Ordering::SeqCst) {
+                let stream = TcpStream::connect_timeout(
+                    &SocketAddr::new(addr, 8080),
+                    Duration::from_secs(1),
+                );
+                let name = match stream {
+                    Ok(s) => {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                        let mut line = String::new();
+                        let _ = BufReader::new(s).read_line(&mut line);
+                        if line.trim().is_empty() {
+                            "failed: no answer".to_string()
+                        } else {
+                            line.trim().to_string()
+                        }
+                    }
+                    Err(e) => format!("failed: {}", e.kind()),
+                };
+                *tally.entry(name).or_default() += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            tally
+        });
+        ClientLoop { stop, handle }
+    }
+
     /// A node agent's `/metrics`.
     pub fn agent_metrics(&self, i: usize) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.nodes[i].health_port)) else {
@@ -1152,5 +1226,29 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_changes_read_ip_monitor_with_and_without_timestamps() {
+        let log = "[2026-12-02T07:26:38.474502] 203.0.113.10 proto bird metric 32 \n\tnexthop via 192.0.2.12 dev br0 weight 1 \n\tnexthop via 192.0.2.13 dev br0 weight 1 \n203.0.113.99 via 192.0.2.11 dev br0 proto bird\nDeleted 203.0.113.10 via 192.0.2.13 dev br0 proto bird metric 32\n";
+        let ip: IpAddr = "203.0.113.10".parse().unwrap();
+        let changes = route_changes(log, ip);
+        let hops = |v: &[&str]| {
+            v.iter()
+                .map(|a| a.parse().unwrap())
+                .collect::<BTreeSet<IpAddr>>()
+        };
+        assert_eq!(
+            changes,
+            [
+                (false, hops(&["192.0.2.12", "192.0.2.13"])),
+                (true, hops(&["192.0.2.13"])),
+            ]
+        );
     }
 }

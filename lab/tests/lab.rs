@@ -726,3 +726,74 @@ async fn hold_times_are_the_documented_default_and_follow_the_bgp_peer() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Restarts every node's agent and routing daemon in turn, as a new image rolls over the
+/// DaemonSet (the daemon restarts with its bootstrap configuration), while a client
+/// connects through the router. Returns (failed connections, answered connections,
+/// router changes that lost a next hop).
+async fn rolling_restart(nodes: &[Kind], graceful: bool) -> (usize, usize, usize) {
+    let mut lab = up(Kind::Bird, nodes).await;
+    if graceful {
+        lab.apply_routelb(
+            "BGPPeer",
+            "bgppeers",
+            "leaf1",
+            serde_json::json!({
+                "address": lab.routers[0].address.to_string(),
+                "asn": 64500,
+                "gracefulRestart": true,
+                "nodeSelector": {"matchLabels": {"lab.routelb.io/leaf": "leaf1"}},
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..nodes.len());
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    // Sessions settle (a graceful-restart change resets them once).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    lab.start_route_monitor(0).unwrap();
+    let client = lab.client_loop(ip);
+    for i in 0..nodes.len() {
+        lab.stop_agent(i);
+        // The new pod's daemon starts with the configuration kept on the node.
+        lab.stop_daemon(i, graceful);
+        lab.start_daemon(i).unwrap();
+        lab.start_agent(i).unwrap();
+        lab.wait_agent_ready(i).await.unwrap();
+        lab.wait_nexthops(0, ip, &all, Duration::from_secs(60))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let tally = client.stop();
+    let log = lab.stop_route_monitor(0);
+    let lost = lab::route_changes(&log, ip)
+        .into_iter()
+        .filter(|(deleted, hops)| *deleted || *hops != all)
+        .count();
+    let failed: usize = tally
+        .iter()
+        .filter(|(k, _)| k.starts_with("failed"))
+        .map(|(_, n)| n)
+        .sum();
+    let answered: usize = tally.values().sum::<usize>() - failed;
+    eprintln!(
+        "rolling restart (graceful restart {graceful}, nodes {nodes:?}): {tally:?}; router changes losing a next hop: {lost}"
+    );
+    if lost > 0 {
+        eprintln!("ROUTER\n{log}");
+    }
+    (failed, answered, lost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_graceful_restart_loses_no_connection_and_no_route() {
+    let (failed, answered, lost) =
+        rolling_restart(&[Kind::Bird, Kind::Frr, Kind::Bird], true).await;
+    assert!(answered > 100, "the client ran: {answered}");
+    assert_eq!((failed, lost), (0, 0));
+}

@@ -202,11 +202,13 @@ fn every_knob_means_what_the_docs_say_on_both_daemons() {
         "neighbor 192.0.2.2 bfd 3 1000 1000",
         "neighbor 192.0.2.1 graceful-restart\n",
         "neighbor 192.0.2.2 graceful-restart-disable",
+        // The node's forwarding survives bgpd: the F bit, or routers drop its routes.
+        "bgp graceful-restart preserve-fw-state",
     ] {
         assert!(frr.contains(want), "FRR lacks {want:?}:\n{frr}");
     }
     assert!(
-        !frr.contains("bgp graceful-restart"),
+        !frr.contains("bgp graceful-restart\n") && !frr.contains("bgp graceful-restart-disable"),
         "no global graceful restart:\n{frr}"
     );
     assert_eq!(
