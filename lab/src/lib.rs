@@ -677,6 +677,9 @@ impl Lab {
         if daemon == "bgpd" {
             c.args(["-p", "179"]);
         }
+        if daemon == "bfdd" {
+            c.arg("--bfdctl").arg(dir.join("bfdd.sock"));
+        }
         c
     }
 
@@ -707,7 +710,7 @@ impl Lab {
                     let conf = fdir.join("frr.conf");
                     std::fs::copy(self.opts.repo.join("examples/frr/router.conf"), &conf)?;
                     run(Command::new("chown").arg("frr:frr").arg(&conf))?;
-                    for d in ["zebra", "bgpd"] {
+                    for d in ["zebra", "bgpd", "bfdd"] {
                         self.spawn(
                             &format!("router{i}-{d}"),
                             &mut Self::frr_cmd(&r.netns, d, &fdir, &conf),
@@ -751,7 +754,7 @@ impl Lab {
                     std::fs::copy(self.opts.repo.join("examples/frr/frr.conf"), &conf)?;
                 }
                 run(Command::new("chown").arg("-R").arg("frr:frr").arg(&fdir))?;
-                for d in ["zebra", "bgpd"] {
+                for d in ["zebra", "bgpd", "bfdd"] {
                     self.spawn(
                         &format!("{d}-{}", n.name),
                         &mut Self::frr_cmd(&n.netns, d, &fdir, &conf),
@@ -776,7 +779,7 @@ impl Lab {
                 .args(["graceful", "restart"])
                 .output();
         }
-        for p in ["bird", "bgpd", "zebra"] {
+        for p in ["bird", "bgpd", "bfdd", "zebra"] {
             self.stop_proc(&format!("{p}-{}", n.name), "-TERM");
         }
     }
@@ -784,7 +787,7 @@ impl Lab {
     /// Stops a node's routing daemon (SIGKILL: a crash).
     pub fn kill_daemon(&mut self, i: usize) {
         let name = self.nodes[i].name.clone();
-        for p in ["bird", "zebra", "bgpd"] {
+        for p in ["bird", "zebra", "bgpd", "bfdd"] {
             self.stop_proc(&format!("{p}-{name}"), "-9");
         }
     }
@@ -1000,6 +1003,32 @@ impl Lab {
         self.stop_proc(&format!("monitor-{router}"), "-TERM");
         std::fs::read_to_string(self.dir.join(format!("route-monitor-{router}.log")))
             .unwrap_or_default()
+    }
+
+    /// Takes a node's link to its router down (a dead node, as far as the router can
+    /// tell) or up again.
+    pub fn node_link(&self, i: usize, up: bool) -> anyhow::Result<()> {
+        let state = if up { "up" } else { "down" };
+        in_ns(&self.nodes[i].netns, &["ip", "link", "set", "eth0", state]).map(|_| ())
+    }
+
+    /// BFD sessions the first router has up (BIRD: `birdc show bfd sessions`).
+    pub fn bfd_sessions_up(&self) -> usize {
+        let r = &self.routers[0];
+        let out = match self.opts.router {
+            Kind::Bird => run(Command::new("birdc")
+                .arg("-s")
+                .arg(r.dir.join("bird.ctl"))
+                .args(["show", "bfd", "sessions"])),
+            Kind::Frr => run(Command::new("vtysh")
+                .arg("--vty_socket")
+                .arg(r.dir.join("frr"))
+                .args(["-c", "show bfd peers brief"])),
+        };
+        out.unwrap_or_default()
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w.eq_ignore_ascii_case("up")))
+            .count()
     }
 
     /// A node's routes in a table (`ip route show table N`, both families), as text.

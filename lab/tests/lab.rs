@@ -797,3 +797,58 @@ async fn a_rolling_restart_with_graceful_restart_loses_no_connection_and_no_rout
     assert!(answered > 100, "the client ran: {answered}");
     assert_eq!((failed, lost), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bfd_the_router_drops_a_dead_node_within_a_second() {
+    let lab = up(Kind::Bird, &[Kind::Bird, Kind::Frr, Kind::Bird]).await;
+    // BFD at its defaults (300 ms, multiplier 3).
+    lab.apply_routelb(
+        "BGPPeer",
+        "bgppeers",
+        "leaf1",
+        serde_json::json!({
+            "address": lab.routers[0].address.to_string(),
+            "asn": 64500,
+            "bfd": {},
+            "nodeSelector": {"matchLabels": {"lab.routelb.io/leaf": "leaf1"}},
+        }),
+    )
+    .await
+    .unwrap();
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..3);
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let start = Instant::now();
+    while lab.bfd_sessions_up() < 3 {
+        assert!(
+            start.elapsed() < WAIT,
+            "BFD sessions up: {}",
+            lab.bfd_sessions_up()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut remaining = all.clone();
+    for node in [0, 1] {
+        remaining.remove(&lab.nodes[node].address);
+        lab.node_link(node, false).unwrap();
+        let took = lab.wait_nexthops(0, ip, &remaining, WAIT).await.unwrap();
+        eprintln!(
+            "{} ({:?}) dead: out of the router's route in {took:?}",
+            lab.nodes[node].name, lab.nodes[node].kind
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "{}: {took:?}",
+            lab.nodes[node].name
+        );
+    }
+    // Back: announced again within seconds (sessions retry every 5 s).
+    lab.node_link(0, true).unwrap();
+    lab.node_link(1, true).unwrap();
+    let took = lab
+        .wait_nexthops(0, ip, &all, Duration::from_secs(20))
+        .await
+        .unwrap();
+    eprintln!("both back in the router's route {took:?} after their links came back");
+}
