@@ -292,6 +292,36 @@ pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
     ips
 }
 
+/// Addresses shown on more than one Service that do not share them on purpose (the same
+/// sharing key, `routelb.io/allow-shared-ip`): each as a sentence naming the Services.
+/// routelb never lets this happen; tests and `routelb status` check it.
+pub fn shown_twice<'a>(services: impl IntoIterator<Item = &'a Service>) -> Vec<String> {
+    let mut holders: BTreeMap<IpAddr, Vec<(String, Option<&'a str>)>> = BTreeMap::new();
+    for svc in services {
+        let k = key(svc);
+        let share = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ALLOW_SHARED_IP))
+            .map(String::as_str);
+        for ip in ingress_ips(svc) {
+            holders
+                .entry(ip)
+                .or_default()
+                .push((format!("{}/{}", k.namespace, k.name), share));
+        }
+    }
+    holders
+        .into_iter()
+        .filter(|(_, hs)| hs.len() > 1 && !hs.iter().all(|(_, s)| s.is_some() && *s == hs[0].1))
+        .map(|(ip, hs)| {
+            let names: Vec<&str> = hs.iter().map(|(n, _)| n.as_str()).collect();
+            format!("{ip} on {}", names.join(", "))
+        })
+        .collect()
+}
+
 /// The pool recorded in `routelb.io/allocated-from`.
 pub fn allocated_from(svc: &Service) -> Option<&str> {
     svc.metadata
@@ -333,6 +363,29 @@ mod tests {
         assert_eq!(
             handling(&svc(json!({"spec": {"type": "ClusterIP"}})), true),
             Handling::NotLoadBalancer
+        );
+    }
+
+    #[test]
+    fn an_address_on_two_services_is_found_unless_they_share_it() {
+        let shows = |name: &str, ip: &str, key: Option<&str>| {
+            let mut v = json!({"metadata": {"name": name}, "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}});
+            if let Some(k) = key {
+                v["metadata"]["annotations"] = json!({ALLOW_SHARED_IP: k});
+            }
+            svc(v)
+        };
+        let all = [
+            shows("a", "192.0.2.1", Some("k")),
+            shows("b", "192.0.2.1", Some("k")),
+            shows("c", "192.0.2.2", None),
+            shows("d", "192.0.2.2", None),
+            shows("e", "192.0.2.3", Some("x")),
+            shows("f", "192.0.2.3", Some("y")),
+        ];
+        assert_eq!(
+            shown_twice(&all),
+            ["192.0.2.2 on shop/c, shop/d", "192.0.2.3 on shop/e, shop/f"]
         );
     }
 

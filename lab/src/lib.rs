@@ -833,13 +833,18 @@ impl Lab {
     }
 
     fn start_allocator(&mut self) -> anyhow::Result<()> {
+        self.start_allocator_named("allocator", "lab")
+    }
+
+    /// Starts an allocator replica: process `name`, Lease identity `identity`.
+    pub fn start_allocator_named(&mut self, name: &str, identity: &str) -> anyhow::Result<()> {
         let mut cmd = Command::new(&self.opts.routelb);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args([
                 "allocator",
                 "--identity",
-                "lab",
+                identity,
                 "--lease-duration",
                 "3",
                 "--status-interval",
@@ -847,9 +852,14 @@ impl Lab {
             ])
             .args(["--health-addr", &format!("127.0.0.1:{}", free_port())])
             .env("RUST_LOG", "info");
-        let log = self.dir.join("allocator.log");
-        self.spawn("allocator", &mut cmd, &log)?;
+        let log = self.dir.join(format!("{name}.log"));
+        self.spawn(name, &mut cmd, &log)?;
         Ok(())
+    }
+
+    /// Kills a lab process (SIGKILL: a crash) and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        self.stop_proc(name, "-9");
     }
 
     /// A tiny TCP backend on every node: port 8080 answers with the node's name.

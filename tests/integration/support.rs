@@ -493,7 +493,7 @@ impl DuplicateWatch {
         let api: Api<Service> = Api::all(client.clone());
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
-            let mut shown: BTreeMap<String, (Vec<IpAddr>, Option<String>)> = BTreeMap::new();
+            let mut shown: BTreeMap<String, Service> = BTreeMap::new();
             let mut violations = Vec::new();
             let stream = watcher(api, watcher::Config::default()).default_backoff();
             let mut stream = std::pin::pin!(stream);
@@ -503,32 +503,18 @@ impl DuplicateWatch {
                     _ = stopped.changed() => break,
                 };
                 let Some(Ok(event)) = event else { continue };
-                let (svc, gone) = match event {
-                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s, false),
-                    watcher::Event::Delete(s) => (s, true),
+                match event {
+                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                        let key = format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
+                        shown.insert(key, s);
+                    }
+                    watcher::Event::Delete(s) => {
+                        let key = format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any());
+                        shown.remove(&key);
+                    }
                     _ => continue,
-                };
-                let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
-                if gone {
-                    shown.remove(&key);
-                    continue;
                 }
-                let share = svc.annotations().get("routelb.io/allow-shared-ip").cloned();
-                shown.insert(key, (routelb_core::service::ingress_ips(&svc), share));
-                let mut holders: BTreeMap<IpAddr, Vec<(&String, &Option<String>)>> =
-                    BTreeMap::new();
-                for (k, (ips, share)) in &shown {
-                    for ip in ips {
-                        holders.entry(*ip).or_default().push((k, share));
-                    }
-                }
-                for (ip, hs) in holders {
-                    let shared = hs.iter().all(|(_, s)| s.is_some() && *s == hs[0].1);
-                    if hs.len() > 1 && !shared {
-                        let names: Vec<&String> = hs.iter().map(|(k, _)| *k).collect();
-                        violations.push(format!("{ip} on {names:?}"));
-                    }
-                }
+                violations.extend(routelb_core::service::shown_twice(shown.values()));
             }
             violations
         });
