@@ -220,13 +220,13 @@ pub struct SecretKeyRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BfdConfig {
-    /// Minimum receive interval in milliseconds (default 300).
+    /// Minimum receive interval in milliseconds, 50 to 60000 (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 10, max = 60000))]
+    #[schemars(range(min = 50, max = 60000))]
     pub receive_interval: Option<u32>,
-    /// Minimum transmit interval in milliseconds (default 300).
+    /// Minimum transmit interval in milliseconds, 50 to 60000 (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 10, max = 60000))]
+    #[schemars(range(min = 50, max = 60000))]
     pub transmit_interval: Option<u32>,
     /// Missed packets before the session is declared down (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]

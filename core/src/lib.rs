@@ -15,6 +15,7 @@
 
 pub mod allocation;
 pub mod crd;
+mod fuzz;
 pub mod index;
 pub mod ipam;
 pub mod net;

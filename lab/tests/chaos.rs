@@ -108,9 +108,16 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
                 alive.insert(name);
             }
         } else {
-            let victim = alive.iter().nth(rng.below(alive.len() as u64) as usize).cloned();
+            let victim = alive
+                .iter()
+                .nth(rng.below(alive.len() as u64) as usize)
+                .cloned();
             if let Some(v) = victim
-                && lab.services().delete(&v, &DeleteParams::default()).await.is_ok()
+                && lab
+                    .services()
+                    .delete(&v, &DeleteParams::default())
+                    .await
+                    .is_ok()
             {
                 alive.remove(&v);
             }
@@ -193,10 +200,7 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
             for s in &list.items {
                 let ips = routelb_core::service::ingress_ips(s);
                 if ips.len() != 1 || !addresses.insert(ips[0]) {
-                    return Some(Err(format!(
-                        "{:?} shows {ips:?}",
-                        s.metadata.name
-                    )));
+                    return Some(Err(format!("{:?} shows {ips:?}", s.metadata.name)));
                 }
             }
             for i in 0..lab.nodes.len() {
@@ -216,7 +220,10 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
             let all = lab.node_addrs(0..lab.nodes.len());
             for a in &addresses {
                 if lab.nexthops(0, *a) != all {
-                    return Some(Err(format!("the router's route to {a}: {}", lab.route(0, *a))));
+                    return Some(Err(format!(
+                        "the router's route to {a}: {}",
+                        lab.route(0, *a)
+                    )));
                 }
             }
             Some(Ok(()))

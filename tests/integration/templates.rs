@@ -245,3 +245,161 @@ fn every_knob_means_what_the_docs_say_on_both_daemons() {
     assert!(text.contains("neighbor 192.0.2.1 timers 30 90"), "{text}");
     daemon_accepts("frr", &text, "default-hold");
 }
+
+mod fuzz {
+    //! Arbitrary values in every field a cluster object can carry into the context: the
+    //! rendered BIRD and FRR configurations are accepted by the daemons' own parsers
+    //! (the bad objects refused, named, and left out), and never carry anything that did
+    //! not come from the template (every crafted value holds the marker EVIL).
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("ROUTELB_FUZZ_CASES")
+            .ok()
+            .and_then(|c| c.parse::<u32>().ok())
+            .map_or(40, |c| c.min(400))
+    }
+
+    fn evil() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("EVIL\"; } protocol static x { ipv4; route 0.0.0.0/0 blackhole; }".to_string()),
+            Just("EVIL\n!\nrouter bgp 1".to_string()),
+            "EVIL[ -~]{0,12}",
+            "[ -~]{0,6}EVIL",
+        ]
+    }
+
+    fn address() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(|a| std::net::Ipv4Addr::from(a).to_string()),
+            any::<[u16; 8]>().prop_map(|a| std::net::Ipv6Addr::from(a).to_string()),
+            evil(),
+        ]
+    }
+
+    fn community() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (any::<u32>(), any::<u32>()).prop_map(|(a, b)| format!("{a}:{b}")),
+            (any::<u16>(), any::<u16>()).prop_map(|(a, b)| format!("{a}:{b}")),
+            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c)| format!("{a}:{b}:{c}")),
+            evil(),
+        ]
+    }
+
+    fn peer() -> impl Strategy<Value = serde_json::Value> {
+        (
+            address(),
+            any::<u32>(),
+            proptest::option::of(any::<u16>()),
+            proptest::option::of(any::<u16>()),
+            proptest::option::of(any::<u8>()),
+            proptest::option::of((0u32..100_000, 0u32..100_000, any::<u8>())),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::option::of(evil()),
+        )
+            .prop_map(|(address, asn, port, hold, multihop, bfd, gr, addpath, pw)| {
+                let mut v = json!({"address": address, "asn": asn, "gracefulRestart": gr, "addPaths": addpath});
+                if let Some(p) = port { v["port"] = json!(p); }
+                if let Some(h) = hold { v["holdTime"] = json!(h); }
+                if let Some(m) = multihop { v["ebgpMultihop"] = json!(m); }
+                if let Some((rx, tx, mult)) = bfd {
+                    v["bfd"] = json!({"receiveInterval": rx, "transmitInterval": tx, "detectMultiplier": mult});
+                }
+                if pw.is_some() { v["passwordSecretRef"] = json!({"name": "pw"}); }
+                v
+            })
+    }
+
+    fn pool() -> impl Strategy<Value = serde_json::Value> {
+        (
+            proptest::collection::vec(
+                prop_oneof![
+                    (any::<[u8; 4]>(), 16u8..=32).prop_map(|(a, l)| {
+                        let p = routelb_core::net::Prefix::network(std::net::IpAddr::from(a), l);
+                        p.to_string()
+                    }),
+                    evil(),
+                ],
+                1..3,
+            ),
+            proptest::collection::vec(community(), 0..3),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(16u8..=32),
+        )
+            .prop_map(|(addresses, communities, pref, agg)| {
+                let mut v = json!({"addresses": addresses, "bgp": {"communities": communities}});
+                if let Some(p) = pref {
+                    v["bgp"]["localPreference"] = json!(p);
+                }
+                if let Some(a) = agg {
+                    v["aggregationLength"] = json!({"ipv4": a});
+                }
+                v
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn crafted_objects_never_reach_the_configuration_and_the_rest_is_accepted(
+            peers in proptest::collection::vec(peer(), 0..3),
+            pools in proptest::collection::vec(pool(), 0..3),
+            label in evil(),
+            password in evil(),
+            listen_port in proptest::option::of(any::<u16>()),
+        ) {
+            let node = NodeInput {
+                name: "node-1".into(),
+                labels: [("rack".to_string(), "a".to_string()), ("x".to_string(), label)].into(),
+                addresses: vec!["192.0.2.11".parse().unwrap()],
+            };
+            let mut rc = json!({"asn": 64512});
+            if let Some(p) = listen_port { rc["listenPort"] = json!(p); }
+            let rc: RouterConfigSpec = serde_json::from_value(rc).unwrap();
+            let peers: Vec<(String, BGPPeerSpec)> = peers
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((format!("peer-{i}"), serde_json::from_value(p).ok()?)))
+                .collect();
+            let pools: Vec<(String, AddressPoolSpec)> = pools
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((format!("pool-{i}"), serde_json::from_value(p).ok()?)))
+                .collect();
+            let secret = |_: &routelb_core::crd::SecretKeyRef| Ok(password.clone());
+            let built = build(&Inputs {
+                node: &node,
+                router: ("default", &rc),
+                kernel: &KernelContract::default(),
+                peers: &peers,
+                pools: &pools,
+                password: &secret,
+                previous: None,
+            });
+            let Ok(built) = built else { return Ok(()) };
+            for daemon in ["bird", "frr"] {
+                let mut ctx = built.context.clone();
+                ctx.daemon = daemon.into();
+                let template = std::fs::read_to_string(root().join(format!("templates/{daemon}.conf.tera"))).unwrap();
+                let text = routelb_core::routing::render(&template, &ctx).unwrap();
+                // A password is a value the configuration must carry, in its one place.
+                let outside: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains("EVIL"))
+                    .filter(|l| {
+                        let t = l.trim();
+                        let bird_pw = t.starts_with("password \"") && t.ends_with("\";") && t.matches('"').count() == 2;
+                        let frr_pw = t.starts_with("neighbor ") && t.split_whitespace().nth(2) == Some("password") && t.split_whitespace().count() == 4;
+                        !(bird_pw || frr_pw)
+                    })
+                    .collect();
+                prop_assert!(outside.is_empty(), "a crafted value reached the {} configuration: {:?}", daemon, outside);
+                daemon_accepts(daemon, &text, &format!("fuzz-{daemon}"));
+            }
+        }
+    }
+}

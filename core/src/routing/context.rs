@@ -432,8 +432,39 @@ pub fn check_peer(p: &BGPPeerSpec) -> Result<IpAddr, String> {
     {
         return Err("holdTime must be 0 or at least 3 seconds".into());
     }
+    // What both daemons take (the CRD says the same; objects written before it may not).
+    if p.port == Some(0) {
+        return Err("port must be between 1 and 65535".into());
+    }
+    if p.ebgp_multihop == Some(0) {
+        return Err("ebgpMultihop must be between 1 and 255".into());
+    }
+    if let Some(b) = &p.bfd {
+        for (field, v) in [
+            ("receiveInterval", b.receive_interval),
+            ("transmitInterval", b.transmit_interval),
+        ] {
+            if let Some(ms) = v
+                && !(BFD_MIN_INTERVAL..=60_000).contains(&ms)
+            {
+                return Err(format!(
+                    "bfd.{field} {ms} must be between {BFD_MIN_INTERVAL} and 60000 ms"
+                ));
+            }
+        }
+        if let Some(m) = b.detect_multiplier
+            && m < 2
+        {
+            return Err(format!(
+                "bfd.detectMultiplier {m} must be between 2 and 255"
+            ));
+        }
+    }
     Ok(address)
 }
+
+/// The shortest BFD interval both daemons take (FRR's minimum), in milliseconds.
+pub const BFD_MIN_INTERVAL: u32 = 50;
 
 /// One peer's context, or `None` when its nodeSelector leaves this node out.
 fn peer_ctx(
@@ -449,6 +480,14 @@ fn peer_ctx(
     let address = check_peer(p)?;
     if node.addresses.contains(&address) {
         return Err(format!("address {address} is node {}'s own", node.name));
+    }
+    let local = first(node, address.is_ipv4());
+    if p.ebgp_multihop.is_some() && p.bfd.is_some() && local.is_none() {
+        return Err(format!(
+            "ebgpMultihop with bfd needs a source address, and node {} has no {} address",
+            node.name,
+            if address.is_ipv4() { "IPv4" } else { "IPv6" }
+        ));
     }
     let pw = match &p.password_secret_ref {
         Some(r) => Some(
@@ -479,7 +518,7 @@ fn peer_ctx(
         }),
         graceful_restart: p.graceful_restart.unwrap_or(false),
         add_paths: p.add_paths.unwrap_or(false),
-        local_address: first(node, address.is_ipv4()).map(|a| a.to_string()),
+        local_address: local.map(|a| a.to_string()),
     }))
 }
 
@@ -765,6 +804,34 @@ mod tests {
         assert_eq!(b.problems[0].fallback, Fallback::Partial);
         assert_eq!(b.context.pools[0].prefixes4, ["192.0.2.0/24"]);
         assert!(b.context.pools[0].communities.is_empty());
+        // Found by fuzzing against the daemons: values a daemon refuses are refused here.
+        let refused = vec![
+            (
+                "fast-bfd".to_string(),
+                peer(json!({"address": "192.0.2.1", "asn": 64500, "bfd": {"receiveInterval": 10}})),
+            ),
+            (
+                "multihop-bfd-v6".to_string(),
+                peer(json!({"address": "2001:db8::1", "asn": 64500, "ebgpMultihop": 2, "bfd": {}})),
+            ),
+        ];
+        let v4_only = NodeInput {
+            addresses: vec!["192.0.2.11".parse().unwrap()],
+            ..node()
+        };
+        let b = build(&Inputs {
+            node: &v4_only,
+            router: ("default", &rc()),
+            kernel: &KernelContract::default(),
+            peers: &refused,
+            pools: &[],
+            password: &no_secrets,
+            previous: None,
+        })
+        .unwrap();
+        let problems: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+        assert!(problems[0].contains("between 50 and 60000"), "{problems:?}");
+        assert!(problems[1].contains("no IPv6 address"), "{problems:?}");
         let mut bad_rc = rc();
         bad_rc.router_id = Some("1.2.3.4; }".into());
         assert!(
