@@ -28,6 +28,16 @@ async fn up(router: Kind, nodes: &[Kind]) -> Lab {
         .expect("the lab comes up")
 }
 
+/// Creates the Cluster Service "web" and waits until the router spreads it over every
+/// node; its address, and the nodes' addresses.
+async fn web(lab: &Lab) -> (std::net::IpAddr, BTreeSet<std::net::IpAddr>) {
+    lab.create_service("web", false).await.unwrap();
+    let ip = lab.external_ip("web", WAIT).await.unwrap();
+    let all = lab.node_addrs(0..lab.nodes.len());
+    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    (ip, all)
+}
+
 /// Creates a Cluster Service and checks the router spreads it over every node and that
 /// connections reach every node.
 async fn ecmp(lab: &Lab) {
@@ -163,10 +173,7 @@ async fn service_churn_resets_no_session_and_restarts_or_reloads_no_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_leaves_the_routers_route_untouched() {
     let mut lab = up(Kind::Bird, &[Kind::Bird; 3]).await;
-    lab.create_service("web", false).await.unwrap();
-    let ip = lab.external_ip("web", WAIT).await.unwrap();
-    let all = lab.node_addrs(0..3);
-    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let (ip, all) = web(&lab).await;
     lab.stop_agent(0);
     lab.start_agent(0).unwrap();
     // Watch the router's route while the agent restarts and settles.
@@ -185,10 +192,7 @@ async fn an_agent_restart_leaves_the_routers_route_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routing_daemon_restart_recovers_the_routes() {
     let mut lab = up(Kind::Bird, &[Kind::Bird, Kind::Frr, Kind::Bird]).await;
-    lab.create_service("web", false).await.unwrap();
-    let ip = lab.external_ip("web", WAIT).await.unwrap();
-    let all = lab.node_addrs(0..3);
-    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let (ip, all) = web(&lab).await;
     for node in [0, 1] {
         lab.kill_daemon(node);
         let others: BTreeSet<_> = all
@@ -273,10 +277,7 @@ async fn a_routing_daemon_restart_recovers_the_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_template_keeps_the_last_good_configuration_and_says_so() {
     let lab = up(Kind::Bird, &[Kind::Bird; 2]).await;
-    lab.create_service("web", false).await.unwrap();
-    let ip = lab.external_ip("web", WAIT).await.unwrap();
-    let all = lab.node_addrs(0..2);
-    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let (ip, all) = web(&lab).await;
     let conf = lab.nodes[0].dir.join("bird.conf");
     let good = std::fs::read_to_string(&conf).unwrap();
     // The agent's metrics show the reload at start, the daemon up, the announcement.
@@ -421,10 +422,7 @@ async fn move_kernel_contract(
     reads: impl Fn(&str, &str) -> bool,
 ) {
     let mut lab = up(kind, &[kind; 3]).await;
-    lab.create_service("web", false).await.unwrap();
-    let ip = lab.external_ip("web", WAIT).await.unwrap();
-    let all = lab.node_addrs(0..3);
-    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let (ip, all) = web(&lab).await;
     lab.start_route_monitor(0).unwrap();
     let (template, config, broken) = match kind {
         Kind::Bird => (
@@ -530,10 +528,7 @@ async fn moving_the_interface_on_the_router_config_withdraws_nothing() {
 async fn one_invalid_object_leaves_the_rest_of_the_routing_configuration_working() {
     use serde_json::json;
     let lab = up(Kind::Bird, &[Kind::Bird; 3]).await;
-    lab.create_service("web", false).await.unwrap();
-    let ip = lab.external_ip("web", WAIT).await.unwrap();
-    let all = lab.node_addrs(0..3);
-    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let (ip, all) = web(&lab).await;
     // What can never work is refused by the API server.
     for (what, kind, plural, spec) in [
         (
@@ -748,10 +743,7 @@ async fn rolling_restart(nodes: &[Kind], graceful: bool) -> (usize, usize, usize
         .await
         .unwrap();
     }
-    lab.create_service("web", false).await.unwrap();
-    let ip = lab.external_ip("web", WAIT).await.unwrap();
-    let all = lab.node_addrs(0..nodes.len());
-    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let (ip, all) = web(&lab).await;
     // Sessions settle (a graceful-restart change resets them once).
     tokio::time::sleep(Duration::from_secs(3)).await;
     lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
@@ -815,10 +807,7 @@ async fn with_bfd_the_router_drops_a_dead_node_within_a_second() {
     )
     .await
     .unwrap();
-    lab.create_service("web", false).await.unwrap();
-    let ip = lab.external_ip("web", WAIT).await.unwrap();
-    let all = lab.node_addrs(0..3);
-    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let (ip, all) = web(&lab).await;
     let start = Instant::now();
     while lab.bfd_sessions_up() < 3 {
         assert!(

@@ -555,21 +555,7 @@ async fn two_replicas_one_writer_and_failover_without_duplicates() {
     c.pool("a", json!({"addresses": ["192.0.2.0/28"]})).await;
     let kubeconfig = c.kubeconfig();
     let kc = kubeconfig.to_str().unwrap();
-    let replica = |id: &str| {
-        Proc::routelb(&[
-            "--kubeconfig",
-            kc,
-            "allocator",
-            "--identity",
-            id,
-            "--lease-duration",
-            "3",
-            "--health-addr",
-            "127.0.0.1:0",
-            "--status-interval",
-            "0.2",
-        ])
-    };
+    let replica = |id: &str| Proc::allocator(kc, id, "0.2");
     let mut replicas = BTreeMap::from([
         ("r1".to_string(), replica("r1")),
         ("r2".to_string(), replica("r2")),

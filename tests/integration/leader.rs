@@ -142,21 +142,7 @@ async fn a_leader_frozen_past_its_lease_writes_nothing_when_it_resumes() {
     .await;
     let kc = c.kubeconfig();
     let kc = kc.to_str().unwrap();
-    let replica = |id: &str| {
-        Proc::routelb(&[
-            "--kubeconfig",
-            kc,
-            "allocator",
-            "--identity",
-            id,
-            "--lease-duration",
-            "3",
-            "--health-addr",
-            "127.0.0.1:0",
-            "--status-interval",
-            "0.1",
-        ])
-    };
+    let replica = |id: &str| Proc::allocator(kc, id, "0.1");
     let replicas = [
         ("alloc-a", replica("alloc-a")),
         ("alloc-b", replica("alloc-b")),

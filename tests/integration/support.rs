@@ -313,6 +313,23 @@ impl Proc {
         )
     }
 
+    /// An allocator replica with test timing (3 s Lease).
+    pub fn allocator(kubeconfig: &str, identity: &str, status_interval: &str) -> Proc {
+        Proc::routelb(&[
+            "--kubeconfig",
+            kubeconfig,
+            "allocator",
+            "--identity",
+            identity,
+            "--lease-duration",
+            "3",
+            "--health-addr",
+            "127.0.0.1:0",
+            "--status-interval",
+            status_interval,
+        ])
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
