@@ -123,6 +123,20 @@ pub struct AgentArgs {
     /// Leave the routing daemon alone (no templates, no reloads).
     #[arg(long)]
     pub no_routing: bool,
+    /// Do not announce local (L2) pools (no node Lease, no LAN addresses).
+    #[arg(long)]
+    pub no_l2: bool,
+    /// L2: how long a node's record stays valid after each renewal, in milliseconds.
+    /// Failover takes at most about this long; each node writes its Lease
+    /// 1000/`--l2-renew-ms` times a second while some pool is local.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u64).range(300..=60_000))]
+    pub l2_lease_ms: u64,
+    /// L2: how often the node renews its Lease, in milliseconds (under the lease).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(100..=20_000))]
+    pub l2_renew_ms: u64,
+    /// L2: how long addresses stay answered while the agent restarts, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub l2_restart_grace: u64,
     /// Directory of the routing templates (the templates ConfigMap).
     #[arg(long, default_value = "/etc/routelb/templates")]
     pub template_dir: PathBuf,
@@ -342,6 +356,25 @@ async fn shutdown_signal() {
     }
 }
 
+/// The L2 timing from the flags: the renewal is kept under half the lease, the kernel
+/// lifetime of an address is the lease rounded up to whole seconds.
+fn l2_options(args: &AgentArgs) -> crate::agent::l2::L2Options {
+    let lease = Duration::from_millis(args.l2_lease_ms);
+    let renew = Duration::from_millis(args.l2_renew_ms.min(args.l2_lease_ms / 2));
+    crate::agent::l2::L2Options {
+        timing: crate::k8s::members::Timing {
+            lease,
+            renew,
+            restart_grace: Duration::from_secs(args.l2_restart_grace.max(1)),
+        },
+        lan: crate::kernel::l2::Timing {
+            refresh: renew,
+            valid: Duration::from_secs(args.l2_lease_ms.div_ceil(1000).max(1)),
+        },
+        namespace: args.namespace.clone(),
+    }
+}
+
 async fn agent(kubeconfig: Option<&std::path::Path>, args: &AgentArgs) -> anyhow::Result<()> {
     let client = client(kubeconfig).await?;
     let opts = crate::agent::Options {
@@ -364,6 +397,7 @@ async fn agent(kubeconfig: Option<&std::path::Path>, args: &AgentArgs) -> anyhow
             secrets_namespace: args.namespace.clone(),
             ..Default::default()
         }),
+        l2: (!args.no_l2).then(|| l2_options(args)),
     };
     let health = crate::health::Health::new();
     let bound = crate::health::serve(args.health_addr, health.clone()).await?;

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod allocator;
 pub mod cli;
+pub mod clock;
 pub mod daemon;
 pub mod health;
 pub mod k8s;

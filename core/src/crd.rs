@@ -120,6 +120,7 @@ pub struct PoolBgp {
     )
 )]
 #[x_kube(validation = Rule::new("!has(self.aggregationLength) || !has(self.mode) || self.mode == 'routed'").message("aggregationLength applies to routed pools only"))]
+#[x_kube(validation = Rule::new("!has(self.interfaces) || (has(self.mode) && self.mode == 'local')").message("interfaces applies to local pools only"))]
 #[x_kube(crates(kube_core = "::kube_core"))]
 #[serde(rename_all = "camelCase")]
 pub struct AddressPoolSpec {
@@ -133,6 +134,12 @@ pub struct AddressPoolSpec {
     /// Announced prefix length per family (routed pools only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregation_length: Option<AggregationLength>,
+    /// Local pools: the LAN interfaces that answer for the addresses, by name, first
+    /// match on each node (`eth0`, `bond0.100`). Empty: the interface whose subnet holds
+    /// the address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[^/\s:]{1,15}$")))]
+    pub interfaces: Vec<String>,
     /// Assign from this pool to Services that do not name a pool (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_assign: Option<bool>,

@@ -43,6 +43,23 @@ pub trait Index<K> {
     fn delete(&mut self, key: &ObjectKey) -> Vec<Self::Out>;
 }
 
+/// Two indexes fed by one watch (one [`Feed`], so one relist): what the first learns is
+/// returned, what the second learns is its own business.
+#[derive(Debug)]
+pub struct Both<'a, A, B>(pub &'a mut A, pub &'a mut B);
+
+impl<K, A: Index<K>, B: Index<K>> Index<K> for Both<'_, A, B> {
+    type Out = A::Out;
+    fn apply(&mut self, obj: Arc<K>) -> Vec<A::Out> {
+        self.1.apply(obj.clone());
+        self.0.apply(obj)
+    }
+    fn delete(&mut self, key: &ObjectKey) -> Vec<A::Out> {
+        self.1.delete(key);
+        self.0.delete(key)
+    }
+}
+
 /// A watch's event, as the I/O layer receives it.
 #[derive(Clone, Debug)]
 pub enum WatchEvent<K> {
@@ -69,6 +86,22 @@ impl Feed {
     /// Whether a first list has completed.
     pub fn synced(&self) -> bool {
         self.synced
+    }
+
+    /// Keeps track of an event that no index takes (a follower's, or a kind read from
+    /// its cache elsewhere): the feed still knows what is listed and when it synced.
+    pub fn track<K: Resource>(&mut self, event: WatchEvent<K>) {
+        struct Nothing;
+        impl<K> Index<K> for Nothing {
+            type Out = ();
+            fn apply(&mut self, _: Arc<K>) -> Vec<()> {
+                Vec::new()
+            }
+            fn delete(&mut self, _: &ObjectKey) -> Vec<()> {
+                Vec::new()
+            }
+        }
+        self.feed(&mut Nothing, event);
     }
 
     /// Applies one event to `index`.
@@ -154,5 +187,12 @@ mod tests {
         assert_eq!(gone, ["-b", "-c"]);
         assert_eq!(names.0, ["a", "a", "d"]);
         assert_eq!(feed.feed(&mut names, WatchEvent::Delete(cm("d"))), ["-d"]);
+        // A feed that only tracks still knows when its watch synced.
+        let mut tracked = Feed::default();
+        tracked.track(WatchEvent::<ConfigMap>::Init);
+        tracked.track(WatchEvent::InitApply(cm("a")));
+        assert!(!tracked.synced());
+        tracked.track(WatchEvent::<ConfigMap>::InitDone);
+        assert!(tracked.synced());
     }
 }

@@ -8,6 +8,7 @@
 //! - [`ipam`]: pools and the O(log n) allocation index.
 //! - [`allocation`]: the allocator's decisions (Service status, Events, pool status).
 //! - [`node`]: what one node announces, from Services, EndpointSlices, its Node, pools.
+//! - [`l2`]: local (L2) pools: which node answers ARP/NDP for each address.
 //! - [`net`]: the kernel vocabulary, the kernel contract and the dataplane plan.
 //! - [`routing`]: which RouterConfig governs a node, the template context, rendering.
 //! - [`index`]: feeding watches into the components' state, relists included.
@@ -18,6 +19,7 @@ pub mod crd;
 mod fuzz;
 pub mod index;
 pub mod ipam;
+pub mod l2;
 pub mod net;
 pub mod node;
 pub mod report;

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube_core::ResourceExt;
 
 use crate::crd::{AddressPool, AggregationLength, PoolMode};
@@ -130,12 +130,20 @@ impl Decision {
 /// Whether a Service's EndpointSlices list an endpoint on `node` that takes traffic:
 /// ready, or serving and not terminating (`ready` unset counts as ready).
 pub fn ready_endpoint_on(node: &str, slice: &EndpointSlice) -> bool {
-    slice.endpoints.iter().any(|e| {
-        e.node_name.as_deref() == Some(node) && {
-            let c = e.conditions.clone().unwrap_or_default();
-            c.ready.unwrap_or(true) || (c.serving == Some(true) && c.terminating != Some(true))
-        }
-    })
+    slice
+        .endpoints
+        .iter()
+        .any(|e| e.node_name.as_deref() == Some(node) && takes_traffic(e))
+}
+
+/// Whether an endpoint takes traffic: ready, or serving and not terminating (`ready`
+/// unset counts as ready).
+pub fn takes_traffic(e: &Endpoint) -> bool {
+    let c = e.conditions.as_ref();
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    let serving = c.and_then(|c| c.serving) == Some(true);
+    let terminating = c.and_then(|c| c.terminating) == Some(true);
+    ready || (serving && !terminating)
 }
 
 /// The rule for one Service.

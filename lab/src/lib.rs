@@ -63,6 +63,9 @@ pub struct Options {
     pub nodes: Vec<Kind>,
     /// 1, or 2: nodes split over two leaf routers, each node peering with its own.
     pub leaves: usize,
+    /// A LAN client beside the nodes (IPv4 and IPv6) and a local (L2) pool `lan` on the
+    /// LAN: 192.0.2.200-192.0.2.220 and 2001:db8:2::200-2001:db8:2::220.
+    pub l2: bool,
 }
 
 impl Options {
@@ -74,6 +77,7 @@ impl Options {
             router: Kind::Bird,
             nodes: vec![Kind::Bird; 3],
             leaves: 1,
+            l2: false,
         }
     }
 }
@@ -117,9 +121,30 @@ pub struct RouterInfo {
 pub struct ClientLoop {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<anyhow::Result<BTreeMap<String, usize>>>,
+    log: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
 }
 
 impl ClientLoop {
+    /// From `since`: how long until the first success through another node than `old`,
+    /// and how many connections failed meanwhile (`None` while there is none).
+    pub fn recovery(&self, since: Instant, old: &str) -> Option<(Duration, usize)> {
+        let r = self.results();
+        let after: Vec<&(Instant, String)> = r.iter().filter(|(t, _)| *t >= since).collect();
+        let first = after
+            .iter()
+            .position(|(_, n)| !n.starts_with("failed") && n != old)?;
+        let failed = after[..first]
+            .iter()
+            .filter(|(_, n)| n.starts_with("failed"))
+            .count();
+        Some((after[first].0 - since, failed))
+    }
+
+    /// Every connection's end time and result so far (a node name, or `failed: ...`).
+    pub fn results(&self) -> Vec<(Instant, String)> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Stops; connections by node that answered, and failures by kind (`failed: ...`).
     pub fn stop(self) -> BTreeMap<String, usize> {
         self.stop.store(true, Ordering::SeqCst);
@@ -142,6 +167,9 @@ pub struct Lab {
     pub nodes: Vec<NodeInfo>,
     pub routers: Vec<RouterInfo>,
     pub client_netns: String,
+    /// The LAN client (with [`Options::l2`]): on the nodes' segment, 192.0.2.9 and
+    /// 2001:db8:2::9.
+    pub lan_netns: String,
     netns: Vec<String>,
     procs: Vec<Proc>,
     stop: Arc<AtomicBool>,
@@ -323,6 +351,7 @@ impl Lab {
             nodes: Vec::new(),
             routers: Vec::new(),
             client_netns: format!("{id}c"),
+            lan_netns: format!("{id}l"),
             netns: Vec::new(),
             procs: Vec::new(),
             stop: Arc::default(),
@@ -400,6 +429,44 @@ impl Lab {
             &c,
             &["ip", "route", "add", "default", "via", "198.51.100.1"],
         )?;
+        if self.opts.l2 {
+            let l = self.lan_netns.clone();
+            self.add_netns(&l)?;
+            ip(&[
+                "link", "add", "eth0", "netns", &l, "type", "veth", "peer", "name", "lan0",
+                "netns", &r0,
+            ])?;
+            in_ns(&r0, &["ip", "link", "set", "lan0", "master", "br0"])?;
+            in_ns(&r0, &["ip", "link", "set", "lan0", "up"])?;
+            in_ns(
+                &r0,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:2::1/64",
+                    "dev",
+                    "br0",
+                    "nodad",
+                ],
+            )?;
+            in_ns(&l, &["ip", "addr", "add", "192.0.2.9/24", "dev", "eth0"])?;
+            in_ns(
+                &l,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:2::9/64",
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            in_ns(&l, &["ip", "link", "set", "eth0", "up"])?;
+        }
         for (i, kind) in self.opts.nodes.clone().into_iter().enumerate() {
             let n = i + 1;
             let leaf = if self.opts.leaves == 2 && n > self.opts.nodes.len().div_ceil(2) {
@@ -450,6 +517,13 @@ impl Lab {
                     "eth0",
                 ],
             )?;
+            if self.opts.l2 {
+                let v6 = format!("2001:db8:2::{}/64", 10 + n);
+                in_ns(
+                    &ns,
+                    &["ip", "-6", "addr", "add", &v6, "dev", "eth0", "nodad"],
+                )?;
+            }
             in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
             in_ns(
                 &ns,
@@ -536,6 +610,16 @@ impl Lab {
             json!({"addresses": ["203.0.113.10-203.0.113.250"]}),
         )
         .await?;
+        if self.opts.l2 {
+            self.apply_routelb(
+                "AddressPool",
+                "addresspools",
+                "lan",
+                json!({"addresses": ["192.0.2.200-192.0.2.220", "2001:db8:2::200-2001:db8:2::220"],
+                       "mode": "local", "autoAssign": false}),
+            )
+            .await?;
+        }
         // Templates are copied so that a test may edit them.
         let templates = self.dir.join("templates");
         std::fs::create_dir_all(&templates)?;
@@ -873,8 +957,12 @@ impl Lab {
                 let entered = File::open(&path)
                     .map_err(anyhow::Error::from)
                     .and_then(|f| setns(f, CloneFlags::CLONE_NEWNET).map_err(anyhow::Error::from));
-                let listener = entered
-                    .and_then(|_| TcpListener::bind("0.0.0.0:8080").map_err(anyhow::Error::from));
+                // Both families on one socket ([::] takes IPv4 too), IPv4 alone if not.
+                let listener = entered.and_then(|_| {
+                    TcpListener::bind("[::]:8080")
+                        .or_else(|_| TcpListener::bind("0.0.0.0:8080"))
+                        .map_err(anyhow::Error::from)
+                });
                 let listener = match listener {
                     Ok(l) => {
                         let _ = tx.send(Ok(()));
@@ -891,7 +979,7 @@ impl Lab {
                         Ok((mut s, _)) => {
                             let _ = s.write_all(format!("{name}\n").as_bytes());
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
                 }
             });
@@ -1105,6 +1193,58 @@ impl Lab {
         Ok(())
     }
 
+    /// Creates a LoadBalancer Service for the backends with these annotations and
+    /// extra spec fields (`ipFamilyPolicy`, `externalTrafficPolicy`, ...).
+    pub async fn create_service_with(
+        &self,
+        name: &str,
+        annotations: Value,
+        spec: Value,
+    ) -> anyhow::Result<()> {
+        let mut body = json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Cluster",
+                     "selector": {"app": "backend"}, "ports": [{"port": 8080, "protocol": "TCP"}]}
+        });
+        if let (Some(dst), Some(src)) = (body["spec"].as_object_mut(), spec.as_object()) {
+            for (k, v) in src {
+                dst.insert(k.clone(), v.clone());
+            }
+        }
+        let svc: Service = serde_json::from_value(body)?;
+        self.services().create(&PostParams::default(), &svc).await?;
+        Ok(())
+    }
+
+    /// Waits for a Service's external addresses (all of them, once `n` are there).
+    pub async fn external_ips(
+        &self,
+        name: &str,
+        n: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<IpAddr>> {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = self.services().get(name).await {
+                let ips: Vec<IpAddr> = s
+                    .status
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|l| l.ingress)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|i| i.ip?.parse().ok())
+                    .collect();
+                if ips.len() >= n {
+                    return Ok(ips);
+                }
+            }
+            if start.elapsed() > limit {
+                bail!("Service {name} has fewer than {n} external addresses after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Waits for a Service's external address.
     pub async fn external_ip(&self, name: &str, limit: Duration) -> anyhow::Result<IpAddr> {
         let start = Instant::now();
@@ -1155,7 +1295,17 @@ impl Lab {
     /// Opens `count` connections from the client to `addr:8080`; returns how many each
     /// node answered.
     pub fn connect(&self, addr: IpAddr, count: usize) -> anyhow::Result<BTreeMap<String, usize>> {
-        in_netns(&self.client_netns, move || {
+        self.connect_from(&self.client_netns, addr, count)
+    }
+
+    /// [`Lab::connect`] from another namespace (the LAN client: [`Lab::lan_netns`]).
+    pub fn connect_from(
+        &self,
+        netns: &str,
+        addr: IpAddr,
+        count: usize,
+    ) -> anyhow::Result<BTreeMap<String, usize>> {
+        in_netns(netns, move || {
             let mut tally: BTreeMap<String, usize> = BTreeMap::new();
             for _ in 0..count {
                 let stream = TcpStream::connect_timeout(
@@ -1188,18 +1338,36 @@ impl Lab {
     /// Connects to `addr` from the client namespace over and over (every 10 ms, 1 s
     /// timeout) until stopped: what a user's traffic sees.
     pub fn client_loop(&self, addr: IpAddr) -> ClientLoop {
+        self.client_loop_from(
+            &self.client_netns,
+            addr,
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+        )
+    }
+
+    /// [`Lab::client_loop`] from another namespace, pausing `every` between connections
+    /// and giving each `timeout` (short timeouts time a failover finely: a connection
+    /// stuck on a lost SYN would wait a second for its retransmission); each result is
+    /// also timed (see [`ClientLoop::results`]).
+    pub fn client_loop_from(
+        &self,
+        netns: &str,
+        addr: IpAddr,
+        every: Duration,
+        timeout: Duration,
+    ) -> ClientLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let handle = in_netns(&self.client_netns, move || {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let timed = log.clone();
+        let handle = in_netns(netns, move || {
             let mut tally: BTreeMap<String, usize> = BTreeMap::new();
             while !flag.load(Ordering::SeqCst) {
-                let stream = TcpStream::connect_timeout(
-                    &SocketAddr::new(addr, 8080),
-                    Duration::from_secs(1),
-                );
+                let stream = TcpStream::connect_timeout(&SocketAddr::new(addr, 8080), timeout);
                 let name = match stream {
                     Ok(s) => {
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                        let _ = s.set_read_timeout(Some(timeout));
                         let mut line = String::new();
                         let _ = BufReader::new(s).read_line(&mut line);
                         if line.trim().is_empty() {
@@ -1210,12 +1378,68 @@ impl Lab {
                     }
                     Err(e) => format!("failed: {}", e.kind()),
                 };
+                timed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((Instant::now(), name.clone()));
                 *tally.entry(name).or_default() += 1;
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(every);
             }
             tally
         });
-        ClientLoop { stop, handle }
+        ClientLoop { stop, handle, log }
+    }
+
+    /// The node answering `addr` to the LAN client now: three connections succeed through
+    /// it and the client's neighbour entry names its MAC.
+    pub fn lan_answer(&self, addr: IpAddr) -> Option<usize> {
+        let tally = self.connect_from(&self.lan_netns, addr, 3).ok()?;
+        let (name, n) = tally.iter().next()?;
+        let i = self.nodes.iter().position(|x| &x.name == name)?;
+        (tally.len() == 1 && *n == 3 && self.lan_neighbour(addr) == Some(i)).then_some(i)
+    }
+
+    /// A node's LAN MAC address (its eth0).
+    pub fn node_mac(&self, i: usize) -> anyhow::Result<String> {
+        let out = in_ns(&self.nodes[i].netns, &["ip", "-o", "link", "show", "eth0"])?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_string)
+            .context("no link/ether in ip link")
+    }
+
+    /// The node (index) whose MAC the LAN client has for `addr`, if any.
+    pub fn lan_neighbour(&self, addr: IpAddr) -> Option<usize> {
+        let out = in_ns(&self.lan_netns, &["ip", "neigh", "show", &addr.to_string()]).ok()?;
+        let mac = out
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)?
+            .to_string();
+        (0..self.nodes.len()).find(|i| self.node_mac(*i).ok().as_deref() == Some(mac.as_str()))
+    }
+
+    /// Addresses of local pools on a node's LAN interface (routelb's, protocol 249).
+    pub fn node_lan_addrs(&self, i: usize) -> BTreeSet<IpAddr> {
+        in_ns(
+            &self.nodes[i].netns,
+            &["ip", "-o", "addr", "show", "dev", "eth0"],
+        )
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("noprefixroute"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let a = w.iter().position(|x| *x == "inet" || *x == "inet6")?;
+            w.get(a + 1)?.split('/').next()?.parse().ok()
+        })
+        .collect()
+    }
+
+    /// Runs a command in a lab namespace; its stdout.
+    pub fn exec(&self, netns: &str, args: &[&str]) -> anyhow::Result<String> {
+        in_ns(netns, args)
     }
 
     /// A node agent's `/metrics`.

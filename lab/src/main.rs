@@ -39,6 +39,10 @@ enum Cmd {
         /// The repository (templates/, examples/).
         #[arg(long, default_value = ".")]
         repo: PathBuf,
+        /// Show a local (L2) pool instead: one node answers ARP/NDP, then it dies and
+        /// another takes over.
+        #[arg(long)]
+        l2: bool,
     },
     /// Remove namespaces and processes left by an interrupted lab.
     Down,
@@ -54,6 +58,7 @@ async fn demo(
     connections: usize,
     routelb: PathBuf,
     repo: PathBuf,
+    l2: bool,
 ) -> anyhow::Result<()> {
     let mut opts = Options::new(
         routelb.canonicalize().context("the routelb binary")?,
@@ -64,6 +69,7 @@ async fn demo(
         .split(',')
         .map(Kind::parse)
         .collect::<anyhow::Result<_>>()?;
+    opts.l2 = l2;
     section(&format!(
         "building the lab: a {} router, {} nodes ({nodes}), fake-apiserver, allocator and agents",
         router,
@@ -76,6 +82,9 @@ async fn demo(
         started.elapsed().as_secs_f64(),
         lab.sessions()?
     );
+    if l2 {
+        return demo_l2(lab).await;
+    }
     section("kubectl create service (type LoadBalancer, externalTrafficPolicy: Cluster)");
     let t = Instant::now();
     lab.create_service("demo", false).await?;
@@ -107,6 +116,88 @@ async fn demo(
     Ok(())
 }
 
+/// Polls `check` every 20 ms for up to `limit`.
+async fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+async fn demo_l2(mut lab: Lab) -> anyhow::Result<()> {
+    let wait = Duration::from_secs(30);
+    section("a Service from the local pool `lan` (mode: local), IPv4 and IPv6");
+    let t = Instant::now();
+    lab.create_service_with(
+        "demo-l2",
+        serde_json::json!({"routelb.io/pool": "lan"}),
+        serde_json::json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+    )
+    .await?;
+    let ips = lab.external_ips("demo-l2", 2, wait).await?;
+    let assigned = t.elapsed();
+    let (v4, v6) = (ips[0], ips[1]);
+    let h = wait_for(wait, || lab.lan_answer(v4))
+        .await
+        .context("no node answers the IPv4 address")?;
+    println!(
+        "external IPs {v4} and {v6} after {:.0} ms; {v4} answered on the LAN by {} ({}) {:.0} ms after that",
+        assigned.as_secs_f64() * 1e3,
+        lab.nodes[h].name,
+        lab.node_mac(h)?,
+        (t.elapsed() - assigned).as_secs_f64() * 1e3
+    );
+    let h6 = wait_for(wait, || lab.lan_answer(v6))
+        .await
+        .context("no node answers the IPv6 address")?;
+    println!("{v6} answered by {} (NDP)", lab.nodes[h6].name);
+    section(&format!("ip addr show eth0  (on {})", lab.nodes[h].name));
+    print!(
+        "{}",
+        lab.exec(&lab.nodes[h].netns, &["ip", "addr", "show", "eth0"])?
+    );
+    section("ip neigh  (on the LAN client)");
+    print!("{}", lab.exec(&lab.lan_netns, &["ip", "neigh"])?);
+    let old = lab.nodes[h].name.clone();
+    section(&format!(
+        "{old} dies (its agent killed, its link down) while the LAN client connects every 10 ms"
+    ));
+    let l = lab.client_loop_from(
+        &lab.lan_netns.clone(),
+        v4,
+        Duration::from_millis(10),
+        Duration::from_millis(100),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let died = Instant::now();
+    lab.kill(&format!("agent-{old}"));
+    lab.node_link(h, false)?;
+    let (took, failed) = wait_for(wait, || l.recovery(died, &old))
+        .await
+        .context("no node took over")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tally = l.stop();
+    let new = wait_for(wait, || lab.lan_answer(v4))
+        .await
+        .context("no node answers after the takeover")?;
+    println!(
+        "{} took over: the client connects again {:.0} ms after {old} died ({failed} connection attempts of 100 ms failed meanwhile)",
+        lab.nodes[new].name,
+        took.as_secs_f64() * 1e3
+    );
+    for (node, n) in tally {
+        println!("  {node:<20} {n:>4}");
+    }
+    section("cleaning up");
+    lab.shutdown();
+    println!("done");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -116,7 +207,8 @@ async fn main() -> anyhow::Result<()> {
             connections,
             routelb,
             repo,
-        } => demo(&router, &nodes, connections, routelb, repo).await,
+            l2,
+        } => demo(&router, &nodes, connections, routelb, repo, l2).await,
         Cmd::Down => {
             let n = lab::down()?;
             println!("removed {n} lab leftovers");

@@ -15,6 +15,7 @@
 //! task reloads the daemon only once the new one is filled, and the old one is emptied
 //! only once the daemon reads the new one: the routers never see a withdrawal.
 
+pub mod l2;
 pub mod routing;
 
 use std::collections::BTreeSet;
@@ -27,7 +28,8 @@ use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use routelb_core::crd::{AddressPool, BGPPeer, RouterConfig};
-use routelb_core::index::Feed;
+use routelb_core::index::{Both, Feed};
+use routelb_core::l2::{L2Model, LEASE_LABEL};
 use routelb_core::net::{KernelContract, LinkKind, NodeState, VipMode};
 use routelb_core::node::{Change, Decision, Model};
 use routelb_core::report::{Once, Regarding};
@@ -56,6 +58,8 @@ pub struct Options {
     pub events_per_second: f64,
     /// The routing daemon beside the agent; `None` leaves routing alone.
     pub routing: Option<routing::RoutingOptions>,
+    /// Local (L2) pools; `None` leaves them unannounced.
+    pub l2: Option<l2::L2Options>,
 }
 
 impl Options {
@@ -70,6 +74,7 @@ impl Options {
             netns: None,
             events_per_second: 10.0,
             routing: None,
+            l2: Some(l2::L2Options::default()),
         }
     }
 }
@@ -104,6 +109,7 @@ struct Feeds {
     configs: Feed,
     peers: Feed,
     secrets: Feed,
+    leases: Feed,
 }
 
 impl Feeds {
@@ -166,6 +172,9 @@ fn describe(node: &str, c: &Change, table: u32) -> Option<(&'static str, String)
 struct Agent {
     opts: Options,
     model: Model,
+    /// What the L2 elections need (fed by the same watches as `model`).
+    l2_model: L2Model,
+    l2: Option<l2::L2>,
     feeds: Feeds,
     stores: RoutingStores,
     dataplane: Running,
@@ -217,6 +226,23 @@ pub async fn run(
     };
     let _ = watches.all(Input::Service);
     let _ = watches.all(Input::Slice);
+    let l2 = match &opts.l2 {
+        Some(l2opts) => {
+            let _ = watches.labelled(&l2opts.namespace, LEASE_LABEL, Input::Lease);
+            let (netns, timing) = (opts.netns.clone(), l2opts.lan.clone());
+            let lan = tokio::task::spawn_blocking(move || {
+                crate::kernel::l2::Lan::start_in(netns.as_deref(), timing)
+            })
+            .await??;
+            Some(l2::L2::start(
+                client.clone(),
+                &opts.node_name,
+                l2opts.clone(),
+                lan,
+            ))
+        }
+        None => None,
+    };
     let publisher = Publisher::start(
         client,
         "routelb.io/agent",
@@ -246,6 +272,8 @@ pub async fn run(
     };
     let mut agent = Agent {
         model: Model::new(&opts.node_name, opts.handle_class_less),
+        l2_model: L2Model::new(opts.handle_class_less),
+        l2,
         opts,
         feeds: Feeds::default(),
         stores,
@@ -260,7 +288,8 @@ pub async fn run(
         adopted: None,
         reported: Once::default(),
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // L2 elections and lifetimes need a finer step than routing does.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     health.set(
         false,
         "waiting for the Service, EndpointSlice, Node, AddressPool and RouterConfig caches",
@@ -283,7 +312,11 @@ pub async fn run(
             agent.apply(input);
         }
         agent.decide().await;
+        agent.step_l2();
         agent.report_health(&health, &routing_status);
+    }
+    if let Some(l2) = agent.l2.take() {
+        l2.stop(&agent.l2_model).await;
     }
     let stop = tokio::task::spawn_blocking(move || agent.dataplane.stop());
     let _ = stop.await;
@@ -294,30 +327,40 @@ impl Agent {
     /// Applies one watch event: to the model, or as a change of routing's inputs.
     fn apply(&mut self, input: Input) {
         let (m, f) = (&mut self.model, &mut self.feeds);
+        let l2 = &mut self.l2_model;
         let changes = match input {
-            Input::Service(e) => f.services.feed(m, e),
-            Input::Slice(e) => f.slices.feed(m, e),
+            Input::Service(e) => f.services.feed(&mut Both(m, l2), e),
+            Input::Slice(e) => f.slices.feed(&mut Both(m, l2), e),
             Input::Node(e) => {
                 self.routing_dirty = true;
                 f.node.feed(m, e)
             }
             Input::Pool(e) => {
                 self.routing_dirty = true;
-                f.pools.feed(m, e)
+                f.pools.feed(&mut Both(m, l2), e)
             }
             Input::RouterConfig(e) => {
                 self.routing_dirty = true;
-                f.configs.feed(&mut Ignore, e);
+                f.configs.track(e);
                 Vec::new()
             }
             Input::Peer(e) => {
                 self.routing_dirty = true;
-                f.peers.feed(&mut Ignore, e);
+                f.peers.track(e);
                 Vec::new()
             }
             Input::Secret(e) => {
                 self.routing_dirty = true;
-                f.secrets.feed(&mut Ignore, e);
+                f.secrets.track(e);
+                Vec::new()
+            }
+            Input::Lease(e) => {
+                match self.l2.as_mut() {
+                    Some(l2) => {
+                        f.leases.feed(&mut l2.members, e);
+                    }
+                    None => f.leases.track(e),
+                }
                 Vec::new()
             }
             Input::Namespace(_) => Vec::new(),
@@ -347,6 +390,18 @@ impl Agent {
             }
         }
         self.announce();
+    }
+
+    /// One step of the L2 announcer.
+    fn step_l2(&mut self) {
+        let Some(l2) = self.l2.as_mut() else { return };
+        let node = self.stores.nodes.state().first().cloned();
+        l2.step(
+            &self.l2_model,
+            node.as_deref(),
+            self.feeds.leases.synced(),
+            &self.publisher,
+        );
     }
 
     /// Decides which RouterConfig governs the node and the kernel contract.
@@ -505,6 +560,13 @@ impl Agent {
             detail.push_str("; ");
             detail.push_str(&routing::describe(routing));
         }
+        if let Some(d) = self.l2.as_ref().and_then(|l| l.describe(&self.l2_model)) {
+            detail.push_str("; ");
+            detail.push_str(&d);
+        }
+        if let Some(l2) = &self.l2 {
+            l2.publish_metrics();
+        }
         let dropped = self.publisher.dropped();
         if dropped > 0 {
             detail.push_str(&format!("; {dropped} Events dropped by rate limit"));
@@ -512,20 +574,6 @@ impl Agent {
         // Ready once synced and the kernel has been reconciled once (errors are in the detail).
         health.set(status.reconciles > 0, detail);
         publish_metrics(self.state.as_ref(), &status, routing, dropped);
-    }
-}
-
-/// An index for kinds the agent only caches (read by the routing task from the stores):
-/// their feed tracks sync, nothing more.
-struct Ignore;
-
-impl<K> routelb_core::index::Index<K> for Ignore {
-    type Out = Change;
-    fn apply(&mut self, _: Arc<K>) -> Vec<Change> {
-        Vec::new()
-    }
-    fn delete(&mut self, _: &routelb_core::index::ObjectKey) -> Vec<Change> {
-        Vec::new()
     }
 }
 

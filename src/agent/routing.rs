@@ -160,6 +160,7 @@ pub fn spawn(
         previous: None,
         applied_context: BTreeMap::new(),
         instances: BTreeMap::new(),
+        given: BTreeMap::new(),
         objects: Once::default(),
     };
     tokio::spawn(task.run(inputs));
@@ -238,8 +239,10 @@ struct Task {
     previous: Option<Context>,
     /// The context each daemon's configuration was last rendered from, as loaded.
     applied_context: BTreeMap<&'static str, Context>,
-    /// Each daemon's process as last seen (`None`: it did not answer).
-    instances: BTreeMap<&'static str, Option<String>>,
+    /// Each daemon's process as last seen, or why it did not answer.
+    instances: BTreeMap<&'static str, Result<String, String>>,
+    /// The contract recorded beside each daemon's configuration, as last read or written.
+    given: BTreeMap<&'static str, Option<KernelContract>>,
     /// Problems with single objects, reported once each.
     objects: Once<String>,
 }
@@ -328,15 +331,22 @@ impl Task {
     }
 
     /// The daemon reads `contract` now: record it, and tell the agent.
-    fn reads(&self, daemon: &dyn RoutingDaemon, contract: &KernelContract) {
-        let given = Given {
-            contract: contract.clone(),
-        };
-        if read_given(daemon.config_path()).as_ref() != Some(&given) {
+    fn reads(&mut self, daemon: &dyn RoutingDaemon, contract: &KernelContract) {
+        let recorded = self
+            .given
+            .entry(daemon.name())
+            .or_insert_with(|| read_given(daemon.config_path()).map(|g| g.contract));
+        if recorded.as_ref() != Some(contract) {
             let path = given_path(daemon.config_path());
+            let given = Given {
+                contract: contract.clone(),
+            };
             let text = serde_json::to_string(&given).unwrap_or_default();
-            if let Err(e) = write_atomic(&path, &text) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot record the kernel contract the daemon reads; a restarted agent keeps the old one programmed too");
+            match write_atomic(&path, &text) {
+                Ok(()) => *recorded = Some(contract.clone()),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot record the kernel contract the daemon reads; a restarted agent keeps the old one programmed too")
+                }
             }
         }
         self.reads.send_if_modified(|r| {
@@ -416,14 +426,14 @@ impl Task {
         match instance {
             Ok(id) => {
                 let note = match &seen {
-                    Some(Some(old)) if *old != id => Some((
+                    Some(Ok(old)) if *old != id => Some((
                         "RoutingDaemonRestarted",
                         format!(
                             "{name} restarted on node {}; routelb gives it its configuration again",
                             self.node_name
                         ),
                     )),
-                    Some(None) => Some((
+                    Some(Err(_)) => Some((
                         "RoutingDaemonUp",
                         format!(
                             "{name} answers again on node {}; routelb gives it its configuration again",
@@ -438,10 +448,10 @@ impl Task {
                     self.applied.remove(name);
                     self.applied_context.remove(name);
                 }
-                self.instances.insert(name, Some(id));
+                self.instances.insert(name, Ok(id));
             }
             Err(e) => {
-                if !matches!(seen, Some(None)) {
+                if !matches!(seen, Some(Err(_))) {
                     let note = format!(
                         "{name} does not answer on node {}: {e}; the kernel side goes on, the configuration is given again when it is back",
                         self.node_name
@@ -450,7 +460,7 @@ impl Task {
                     self.publisher
                         .publish(event("RoutingDaemonDown", true, note));
                 }
-                self.instances.insert(name, None);
+                self.instances.insert(name, Err(e.to_string()));
                 self.set(|s| {
                     s.daemon = Some(name);
                     s.reachable = false;
@@ -474,16 +484,14 @@ impl Task {
         if self.applied.get(name) == Some(&text) {
             self.reads(daemon.as_ref(), &contract);
             self.applied_context.entry(name).or_insert(context);
-            let d = daemon.clone();
-            let probe = tokio::task::spawn_blocking(move || d.probe())
-                .await
-                .unwrap_or_else(|e| Err(task_failed(&e)));
+            // `follow` asked the daemon this round.
+            let answer = self.instances.get(name).cloned();
             self.set(|s| {
                 s.daemon = Some(name);
-                s.reachable = probe.is_ok();
-                s.state = match &probe {
-                    Ok(_) => format!("{name} runs the current configuration"),
-                    Err(e) => format!("{name} configuration is current but {e}"),
+                s.reachable = matches!(answer, Some(Ok(_)));
+                s.state = match &answer {
+                    Some(Err(e)) => format!("{name} configuration is current but {e}"),
+                    _ => format!("{name} runs the current configuration"),
                 };
             });
             return;

@@ -11,7 +11,7 @@
 
 mod writer;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,12 @@ use kube::{Api, Client, ResourceExt};
 use routelb_core::allocation::{
     Core, Effect, Outcome, Settings, conditions_differ, peer_status, status_differs,
 };
-use routelb_core::crd::{AddressPool, BGPPeer};
-use routelb_core::index::{Feed, Index, ObjectKey, WatchEvent};
+use routelb_core::crd::{AddressPool, BGPPeer, PoolMode};
+use routelb_core::index::{Feed, WatchEvent};
+use routelb_core::l2::{
+    ANNOUNCING_IPV4, ANNOUNCING_IPV6, LEASE_LABEL, Member, announcing_patch, pool_reach,
+};
+use routelb_core::service;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,6 +37,7 @@ use self::writer::ServiceWriter;
 use crate::health::Health;
 use crate::k8s::events::{Note, Publisher};
 use crate::k8s::leader::{Fence, LeaderElector, Timing};
+use crate::k8s::members::{Members, Timing as MembersTiming};
 use crate::k8s::watch::{Input, Watches};
 use crate::metrics::METRICS;
 
@@ -109,6 +114,9 @@ struct Caches {
     pools: Store<AddressPool>,
     peers: Store<BGPPeer>,
     feeds: [Feed; 3],
+    /// The nodes' L2 records (node Leases), for the `announcing-*` annotations.
+    members: Members,
+    leases: Feed,
 }
 
 impl Caches {
@@ -121,20 +129,33 @@ impl Caches {
     /// superseded by it) and only tracked: the watch may lag behind that list.
     fn feed(&mut self, session: Option<&mut Session>, input: Input) -> Vec<Effect> {
         let [services, pools, namespaces] = &mut self.feeds;
+        if let Input::Lease(e) = input {
+            self.leases.feed(&mut self.members, e);
+            return Vec::new();
+        }
         let Some(s) = session else {
             match input {
-                Input::Service(e) => services.feed(&mut Follow, e),
-                Input::Pool(e) => pools.feed(&mut Follow, e),
-                Input::Namespace(e) => namespaces.feed(&mut Follow, e),
-                _ => Vec::new(),
-            };
+                Input::Service(e) => services.track(e),
+                Input::Pool(e) => pools.track(e),
+                Input::Namespace(e) => namespaces.track(e),
+                _ => {}
+            }
             return Vec::new();
         };
         let listed = s.listed;
         match input {
-            Input::Service(e) if stale(&e, listed[0]) => services.feed(&mut Follow, e),
-            Input::Pool(e) if stale(&e, listed[1]) => pools.feed(&mut Follow, e),
-            Input::Namespace(e) if stale(&e, listed[2]) => namespaces.feed(&mut Follow, e),
+            Input::Service(e) if stale(&e, listed[0]) => {
+                services.track(e);
+                Vec::new()
+            }
+            Input::Pool(e) if stale(&e, listed[1]) => {
+                pools.track(e);
+                Vec::new()
+            }
+            Input::Namespace(e) if stale(&e, listed[2]) => {
+                namespaces.track(e);
+                Vec::new()
+            }
             Input::Service(e) => services.feed(&mut s.core, e),
             Input::Pool(e) => pools.feed(&mut s.core, e),
             Input::Namespace(e) => namespaces.feed(&mut s.core, e),
@@ -158,19 +179,6 @@ fn stale<K: kube::Resource>(event: &WatchEvent<K>, listed: Option<u64>) -> bool 
     matches!((rv_number(obj.as_ref()), listed), (Some(rv), Some(l)) if rv <= l)
 }
 
-/// A follower's index: nothing is decided.
-struct Follow;
-
-impl<K> Index<K> for Follow {
-    type Out = Effect;
-    fn apply(&mut self, _: Arc<K>) -> Vec<Effect> {
-        Vec::new()
-    }
-    fn delete(&mut self, _: &ObjectKey) -> Vec<Effect> {
-        Vec::new()
-    }
-}
-
 /// Runs the allocator until `shutdown` turns true.
 pub async fn run(
     client: Client,
@@ -184,7 +192,10 @@ pub async fn run(
         pools: watches.all(Input::Pool),
         peers: watches.all(Input::Peer),
         feeds: Default::default(),
+        members: Members::new(None),
+        leases: Feed::default(),
     };
+    let _ = watches.labelled(&opts.lease_namespace, LEASE_LABEL, Input::Lease);
     // Namespaces are only followed (their labels reach the core through the feed).
     let _ = watches.all(Input::Namespace);
     let (leading_tx, mut leading) = watch::channel(false);
@@ -225,6 +236,7 @@ pub async fn run(
             _ = tick.tick() => {
                 if let Some(s) = session.as_mut() {
                     s.write_pool_statuses(&caches.pools);
+                    s.write_announcing(&caches.services, &caches.pools, &mut caches.members);
                     pool_gauges(&s.core);
                 }
             }
@@ -328,6 +340,11 @@ struct Session {
     /// The resourceVersions of the lists the term started from (Services, pools,
     /// Namespaces).
     listed: [Option<u64>; 3],
+    /// The `announcing-*` patches written this term (the cache may lag behind them).
+    announced: BTreeMap<String, serde_json::Value>,
+    /// Per local pool: whether some node can answer for it, as last reported.
+    reach: BTreeMap<String, Result<(), String>>,
+    started: std::time::Instant,
 }
 
 /// A fresh list of a kind and the resourceVersion it was taken at.
@@ -382,6 +399,9 @@ impl Session {
             fence,
             term,
             listed: [services_rv, pools_rv, namespaces_rv],
+            announced: BTreeMap::new(),
+            reach: BTreeMap::new(),
+            started,
         };
         let effects = s.core.restore(&services, &pools, &namespaces);
         s.carry_out(effects);
@@ -454,6 +474,124 @@ impl Session {
                     METRICS.inc(FAILURES, FAILURES_HELP, &[("reason", reason)], 1.0);
                 }
             }
+        }
+    }
+
+    /// Brings the `announcing-ipv4`/`-ipv6` annotations of Services of local pools to
+    /// the nodes that claim their addresses now (and removes them elsewhere).
+    fn write_announcing(
+        &mut self,
+        services: &Store<Service>,
+        pools: &Store<AddressPool>,
+        members: &mut Members,
+    ) {
+        if !self.fence.holds(self.term) {
+            return;
+        }
+        let local: BTreeSet<String> = pools
+            .state()
+            .iter()
+            .filter(|p| p.spec.mode == PoolMode::Local)
+            .map(|p| p.name_any())
+            .collect();
+        if local.is_empty() && self.announced.is_empty() {
+            return;
+        }
+        let members = members.current(true, MembersTiming::default().lease);
+        self.report_reach(pools, &members);
+        for svc in services.state() {
+            let is_local = service::allocated_from(&svc).is_some_and(|p| local.contains(p));
+            let a = svc.annotations();
+            if !is_local && !a.contains_key(ANNOUNCING_IPV4) && !a.contains_key(ANNOUNCING_IPV6) {
+                continue;
+            }
+            let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
+            let Some(patch) = announcing_patch(&svc, is_local, &members) else {
+                self.announced.remove(&key);
+                continue;
+            };
+            if self.announced.get(&key) == Some(&patch) {
+                continue;
+            }
+            self.announced.insert(key, patch.clone());
+            let api: Api<Service> =
+                Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
+            let (fence, term, name) = (self.fence.clone(), self.term, svc.name_any());
+            self.pool_writes.spawn(async move {
+                if !fence.holds(term) {
+                    return;
+                }
+                if let Err(e) = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    METRICS.inc(
+                        ERRORS,
+                        ERRORS_HELP,
+                        &[("component", "allocator"), ("operation", "announcing")],
+                        1.0,
+                    );
+                    tracing::warn!(service = %name, error = %e, "writing the announcing annotation failed");
+                }
+            });
+        }
+    }
+
+    /// Says on each local pool, when it changes, whether some node can answer for it.
+    /// Right after a term starts the nodes' records may not all have been seen: a pool
+    /// is reported unreachable only once a lease duration has passed.
+    fn report_reach(&mut self, pools: &Store<AddressPool>, members: &BTreeMap<String, Member>) {
+        if self.started.elapsed() < MembersTiming::default().lease * 2 {
+            return;
+        }
+        for pool in pools
+            .state()
+            .iter()
+            .filter(|p| p.spec.mode == PoolMode::Local)
+        {
+            let name = pool.name_any();
+            let reach = pool_reach(pool, members).map(|nodes| {
+                METRICS.set(
+                    "routelb_pool_answering_nodes",
+                    "Nodes that can answer for a local pool (ARP/NDP).",
+                    &[("pool", &name)],
+                    nodes.len() as f64,
+                );
+            });
+            if reach.is_err() {
+                METRICS.set(
+                    "routelb_pool_answering_nodes",
+                    "Nodes that can answer for a local pool (ARP/NDP).",
+                    &[("pool", &name)],
+                    0.0,
+                );
+            }
+            if self.reach.get(&name) == Some(&reach) {
+                continue;
+            }
+            let first = !self.reach.contains_key(&name);
+            self.reach.insert(name.clone(), reach.clone());
+            let (warning, reason, note) = match reach {
+                Err(why) => (
+                    true,
+                    "NoNodeCanAnswer",
+                    format!("AddressPool {name}: {why}"),
+                ),
+                Ok(()) if first => continue,
+                Ok(()) => (
+                    false,
+                    "NodesCanAnswer",
+                    format!("AddressPool {name}: nodes can answer for its addresses again"),
+                ),
+            };
+            tracing::info!(pool = %name, reason, "{note}");
+            self.publisher.publish(Note {
+                regarding: routelb_core::report::Regarding::pool(&name),
+                warning,
+                reason: reason.into(),
+                action: "Announce".into(),
+                note,
+            });
         }
     }
 

@@ -182,15 +182,17 @@ impl RoutingDaemon for Frr {
             .lines()
             .filter(|l| is_graceful_restart(l) && !neighbour_exists(&running, l))
             .collect();
-        if !new.is_empty() {
+        let running = if new.is_empty() {
+            running
+        } else {
             let first: String = text
                 .lines()
                 .filter(|l| !new.contains(l))
                 .map(|l| format!("{l}\n"))
                 .collect();
             self.write_and_reload(&first)?;
-        }
-        let running = self.vtysh("show running-config")?;
+            self.vtysh("show running-config")?
+        };
         for cmds in graceful_restart_additions(text, &running) {
             let neighbour = cmds[1]
                 .split_whitespace()

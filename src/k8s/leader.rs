@@ -21,6 +21,8 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use tokio::sync::watch;
 
+use crate::clock::boottime;
+
 /// Timing of an election.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -40,16 +42,6 @@ impl Default for Timing {
             retry_period: Duration::from_secs(2),
         }
     }
-}
-
-/// Time since boot, suspended and stopped time included (`CLOCK_BOOTTIME`).
-fn boottime() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(Duration::from)
-        .unwrap_or_else(|_| {
-            static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-            START.get_or_init(Instant::now).elapsed()
-        })
 }
 
 /// Proof of leadership, checked by writers before each write.

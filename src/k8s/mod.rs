@@ -1,9 +1,11 @@
 //! Kubernetes I/O for both components: a client from the kubeconfig, watches feeding one
 //! input stream ([`watch`]), Events grouped into series and bounded ([`events`]), and
-//! leader election with a fence that writers check ([`leader`]).
+//! leader election with a fence that writers check ([`leader`]), node Leases for local
+//! pools ([`members`]).
 
 pub mod events;
 pub mod leader;
+pub mod members;
 pub mod watch;
 
 use anyhow::Context;

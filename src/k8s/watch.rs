@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
@@ -32,6 +33,7 @@ pub enum Input {
     RouterConfig(WatchEvent<RouterConfig>),
     Peer(WatchEvent<BGPPeer>),
     Secret(WatchEvent<Secret>),
+    Lease(WatchEvent<Lease>),
 }
 
 /// What can be watched into a cache.
@@ -105,6 +107,20 @@ impl Watches {
     {
         let api = Api::namespaced(self.client.clone(), namespace);
         self.watch(api, watcher::Config::default(), wrap)
+    }
+
+    /// Objects of one namespace with a label.
+    pub fn labelled<K>(
+        &self,
+        namespace: &str,
+        label: &str,
+        wrap: fn(WatchEvent<K>) -> Input,
+    ) -> Store<K>
+    where
+        K: Watchable + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        let api = Api::namespaced(self.client.clone(), namespace);
+        self.watch(api, watcher::Config::default().labels(label), wrap)
     }
 
     fn watch<K>(

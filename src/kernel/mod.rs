@@ -1,13 +1,16 @@
 //! The node's kernel: what routelb needs of it ([`Kernel`]), the real one over netlink
 //! ([`netlink`]), an in-memory one for unit tests ([`fake`]), the dataplane that makes
 //! it match a [`NodeState`](routelb_core::net::NodeState) under one or more kernel
-//! contracts ([`dataplane`]), and the thread that keeps it so ([`runner`]).
+//! contracts ([`dataplane`]), and the thread that keeps it so ([`runner`]); for local
+//! (L2) pools, the LAN side ([`l2`]) and ARP/NDP on the wire ([`arp`]).
 //!
 //! The decisions (what to add, replace, remove) are `routelb_core::net::plan`'s; this
 //! module only reads the kernel and carries them out.
 
+pub mod arp;
 pub mod dataplane;
 pub mod fake;
+pub mod l2;
 pub mod netlink;
 pub mod runner;
 

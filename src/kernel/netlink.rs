@@ -484,6 +484,153 @@ impl Netlink {
     }
 }
 
+// ----- the LAN side of local (L2) pools ----------------------------------------------
+
+/// A link as a LAN candidate sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LanLink {
+    pub index: u32,
+    pub name: String,
+    /// Up and with carrier.
+    pub running: bool,
+    /// ARP/NDP works on it (not `NOARP`, an Ethernet address).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// An address as the LAN side sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LanAddress {
+    pub index: u32,
+    pub prefix: Prefix,
+    /// `IFA_PROTO`: who put it there (routelb marks its own).
+    pub protocol: u8,
+    /// Seconds of validity left (`None`: forever).
+    pub valid_secs: Option<u32>,
+}
+
+fn vip_message(index: u32, addr: IpAddr, protocol: u8, valid: Option<Duration>) -> AddressMessage {
+    let mut m = addr_message(index, Prefix::host(addr));
+    // Never a source for the node's own traffic (deprecated), no route of its own, and
+    // gone by itself when the agent stops refreshing it (a dead agent answers nothing).
+    let mut flags = AddressFlags::Noprefixroute;
+    if addr.is_ipv6() {
+        flags |= AddressFlags::Nodad;
+    }
+    m.attributes
+        .retain(|a| !matches!(a, AddressAttribute::Flags(_)));
+    m.attributes.push(AddressAttribute::Flags(flags));
+    m.attributes
+        .push(AddressAttribute::Protocol(protocol.into()));
+    if let Some(valid) = valid {
+        let mut ci = netlink_packet_route::address::CacheInfo::default();
+        ci.ifa_valid = u32::try_from(valid.as_secs().max(1)).unwrap_or(u32::MAX - 1);
+        ci.ifa_preferred = 0;
+        m.attributes.push(AddressAttribute::CacheInfo(ci));
+    }
+    m
+}
+
+impl Netlink {
+    /// Every link, with what the LAN side needs of it.
+    pub fn lan_links(&mut self) -> io::Result<Vec<LanLink>> {
+        let msgs = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .map(|l| {
+                let link = parse_link(l);
+                let mac = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(b) if b.len() == 6 => {
+                        <[u8; 6]>::try_from(b.as_slice()).ok()
+                    }
+                    _ => None,
+                });
+                let flags = l.header.flags;
+                LanLink {
+                    index: link.index,
+                    name: link.name,
+                    running: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
+                    mac: mac.filter(|_| !flags.contains(LinkFlags::Noarp)),
+                }
+            })
+            .collect())
+    }
+
+    /// Every address of every link, both families.
+    pub fn lan_addresses(&mut self) -> io::Result<Vec<LanAddress>> {
+        let msgs = self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let (index, prefix) = parse_addr(a)?;
+                    let protocol = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Protocol(p) => Some(u8::from(*p)),
+                        _ => None,
+                    });
+                    let valid_secs = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::CacheInfo(c) => Some(c.ifa_valid),
+                        _ => None,
+                    });
+                    Some(LanAddress {
+                        index,
+                        prefix,
+                        protocol: protocol.unwrap_or(0),
+                        valid_secs: valid_secs.filter(|v| *v != u32::MAX),
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Puts (or refreshes) a local pool's address on a LAN interface, valid for `valid`
+    /// from now, marked with `protocol`; removes others. One result per change.
+    pub fn vip_apply(
+        &mut self,
+        set: &[(u32, IpAddr)],
+        remove: &[(u32, IpAddr)],
+        protocol: u8,
+        valid: Duration,
+    ) -> Vec<io::Result<()>> {
+        let mut requests: Vec<(RouteNetlinkMessage, u16)> = set
+            .iter()
+            .map(|(i, a)| {
+                (
+                    RouteNetlinkMessage::NewAddress(vip_message(*i, *a, protocol, Some(valid))),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                )
+            })
+            .collect();
+        requests.extend(remove.iter().map(|(i, a)| {
+            (
+                RouteNetlinkMessage::DelAddress(vip_message(*i, *a, protocol, None)),
+                0,
+            )
+        }));
+        let n_set = set.len();
+        self.batch(requests)
+            .into_iter()
+            .enumerate()
+            .map(|(k, r)| match r {
+                Err(e)
+                    if k >= n_set
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EADDRNOTAVAIL | libc::ENODEV | libc::ENOENT)
+                        ) =>
+                {
+                    Ok(())
+                }
+                other => other,
+            })
+            .collect()
+    }
+}
+
 impl Kernel for Netlink {
     fn link_get(&mut self, name: &str) -> io::Result<Option<Link>> {
         Netlink::link_get(self, name)

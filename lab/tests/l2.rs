@@ -1,0 +1,344 @@
+//! Local (L2) pools on the lab's LAN: a client on the nodes' segment, one node answering
+//! ARP/NDP for each address, takeovers when that node dies, is drained or loses its
+//! endpoints, and agent restarts that move nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use lab::{Kind, Lab, Options};
+use routelb::kernel::arp::{Wire, arp_probe, mac_string, parse_arp};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Client connect timeout: a failover is timed to about this.
+const FINE: Duration = Duration::from_millis(100);
+
+async fn up() -> Lab {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let routelb = std::env::var_os("ROUTELB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/debug/routelb"));
+    let mut o = Options::new(routelb, repo.canonicalize().unwrap());
+    o.nodes = vec![Kind::Bird; 3];
+    o.l2 = true;
+    Lab::up(o).await.expect("the lab comes up")
+}
+
+/// The MACs that answer an ARP probe for `addr` from the LAN client (three probes).
+fn arp_repliers(lab: &Lab, addr: Ipv4Addr) -> BTreeSet<String> {
+    let link = lab
+        .exec(&lab.lan_netns, &["ip", "-o", "link", "show", "eth0"])
+        .unwrap();
+    let index: u32 = link.split(':').next().unwrap().trim().parse().unwrap();
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let mac: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let mac: [u8; 6] = mac.try_into().unwrap();
+    lab::in_netns(&lab.lan_netns, move || {
+        let wire = Wire::open(index).unwrap();
+        let mut seen = BTreeSet::new();
+        for _ in 0..3 {
+            wire.send(&arp_probe(mac, addr)).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            for h in wire.heard() {
+                if h.op == 2 && h.sender == addr {
+                    seen.insert(mac_string(&h.sender_mac));
+                }
+            }
+        }
+        // A frame built by hand parses back (the probe itself is ARP).
+        assert!(parse_arp(&arp_probe(mac, addr)).is_some());
+        seen
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+}
+
+/// Polls until `check` returns Some, or panics after WAIT saying `what`.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "{what} after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node answering `addr` to the LAN client, once connections succeed through it
+/// and the client's neighbour entry names it.
+async fn holder(lab: &Lab, addr: IpAddr) -> usize {
+    eventually(&format!("no node answers {addr}"), || lab.lan_answer(addr)).await
+}
+
+/// Waits until the Service's annotation `key` is `node` (written by the allocator).
+async fn announcing(lab: &Lab, service: &str, key: &str, node: &str) {
+    let start = Instant::now();
+    loop {
+        let svc = lab.services().get(service).await.unwrap();
+        let value = svc.metadata.annotations.and_then(|a| a.get(key).cloned());
+        if value.as_deref() == Some(node) {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "{key} is {value:?}, not {node}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn notes(lab: &Lab, service: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(lab.client.clone(), "default");
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service))
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_answers_and_another_takes_over_when_it_dies() {
+    let mut lab = up().await;
+    lab.create_service_with(
+        "l2web",
+        json!({"routelb.io/pool": "lan"}),
+        json!({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+    )
+    .await
+    .unwrap();
+    let ips = lab.external_ips("l2web", 2, WAIT).await.unwrap();
+    let (v4, v6) = (ips[0], ips[1]);
+    assert!(v4.is_ipv4() && v6.is_ipv6(), "{ips:?}");
+    let h = holder(&lab, v4).await;
+    let IpAddr::V4(v4a) = v4 else { unreachable!() };
+    let repliers = arp_repliers(&lab, v4a);
+    assert_eq!(
+        repliers,
+        BTreeSet::from([lab.node_mac(h).unwrap()]),
+        "exactly the elected node answers ARP"
+    );
+    for i in 0..lab.nodes.len() {
+        assert_eq!(
+            lab.node_lan_addrs(i).contains(&v4),
+            i == h,
+            "only the elected node has {v4} on its LAN interface"
+        );
+    }
+    announcing(
+        &lab,
+        "l2web",
+        "routelb.io/announcing-ipv4",
+        &lab.nodes[h].name,
+    )
+    .await;
+    // IPv6 through NDP (the election may pick another node for it).
+    let h6 = holder(&lab, v6).await;
+    announcing(
+        &lab,
+        "l2web",
+        "routelb.io/announcing-ipv6",
+        &lab.nodes[h6].name,
+    )
+    .await;
+    println!(
+        "{v4} on {}, {v6} on {}",
+        lab.nodes[h].name, lab.nodes[h6].name
+    );
+    let announced = notes(&lab, "l2web").await;
+    assert!(
+        announced
+            .iter()
+            .any(|n| n.contains(&format!("answers for {v4} on eth0 (ARP)"))),
+        "{announced:?}"
+    );
+
+    // The holder dies: its agent is killed and its link goes down.
+    let old = lab.nodes[h].name.clone();
+    let l = lab.client_loop_from(&lab.lan_netns.clone(), v4, Duration::from_millis(10), FINE);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let died = Instant::now();
+    lab.kill(&format!("agent-{old}"));
+    lab.node_link(h, false).unwrap();
+    let (took, failed) = eventually("no takeover", || l.recovery(died, &old)).await;
+    let tally = l.stop();
+    println!("takeover after the holder died: {took:?}, {failed} failed connections; {tally:?}");
+    assert!(took < Duration::from_secs(5), "takeover took {took:?}");
+    let h2 = holder(&lab, v4).await;
+    assert_ne!(h2, h);
+    let new = lab.nodes[h2].name.clone();
+    let start = Instant::now();
+    loop {
+        let announced = notes(&lab, "l2web").await;
+        if announced.iter().any(|n| {
+            n.contains(&format!("{new} answers for {v4}"))
+                && n.contains(&format!("took over from {old}"))
+        }) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no takeover Event: {announced:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    announcing(&lab, "l2web", "routelb.io/announcing-ipv4", &new).await;
+
+    // The dead node comes back: it takes nothing back (an election is sticky).
+    lab.node_link(h, true).unwrap();
+    lab.start_agent(h).unwrap();
+    lab.wait_agent_ready(h).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let back = holder(&lab, v4).await;
+    if back != h2 {
+        for i in 0..3 {
+            println!(
+                "--- {}\n{}",
+                lab.nodes[i].name,
+                lab.agent_log(i)
+                    .lines()
+                    .filter(|l| l.contains("l2") || l.contains("LAN"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    assert_eq!(back, h2, "the returning node took the address back");
+    assert!(!lab.node_lan_addrs(h).contains(&v4));
+
+    // A graceful restart of the holder's agent moves nothing and drops nothing.
+    let l = lab.client_loop_from(&lab.lan_netns.clone(), v4, Duration::from_millis(10), FINE);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lab.stop_agent(h2);
+    lab.start_agent(h2).unwrap();
+    lab.wait_agent_ready(h2).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tally = l.stop();
+    println!("holder agent restart: {tally:?}");
+    let failed: usize = tally
+        .iter()
+        .filter(|(k, _)| k.starts_with("failed"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(failed, 0, "{tally:?}");
+    assert_eq!(tally.len(), 1, "one node answered throughout: {tally:?}");
+    assert_eq!(holder(&lab, v4).await, h2);
+    lab.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_policy_follows_endpoints_and_a_drain_moves_the_address() {
+    let lab = up().await;
+    lab.create_service_with(
+        "l2local",
+        json!({"routelb.io/pool": "lan"}),
+        json!({"externalTrafficPolicy": "Local"}),
+    )
+    .await
+    .unwrap();
+    let v4 = lab.external_ip("l2local", WAIT).await.unwrap();
+    lab.endpoints("l2local", &[1]).await.unwrap();
+    assert_eq!(
+        holder(&lab, v4).await,
+        1,
+        "the node with the endpoint answers"
+    );
+    lab.endpoints("l2local", &[2]).await.unwrap();
+    assert_eq!(holder(&lab, v4).await, 2, "the answer follows the endpoint");
+    lab.endpoints("l2local", &[]).await.unwrap();
+    eventually("the address is withdrawn without endpoints", || {
+        (0..3)
+            .all(|i| !lab.node_lan_addrs(i).contains(&v4))
+            .then_some(())
+    })
+    .await;
+
+    // A local pool no node has a subnet for: assigned, answered by nobody, and said so.
+    lab.apply_routelb(
+        "AddressPool",
+        "addresspools",
+        "far",
+        json!({"addresses": ["2001:db8:9::/120"], "mode": "local", "autoAssign": false}),
+    )
+    .await
+    .unwrap();
+    lab.create_service_with(
+        "l2far",
+        json!({"routelb.io/pool": "far"}),
+        json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]}),
+    )
+    .await
+    .unwrap();
+    let far = lab.external_ip("l2far", WAIT).await.unwrap();
+    let events: Api<Event> = Api::namespaced(lab.client.clone(), "default");
+    let start = Instant::now();
+    let note = loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("NoNodeCanAnswer"))
+            .and_then(|e| e.note);
+        if let Some(n) = found {
+            break n;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no NoNodeCanAnswer Event for pool far"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        note.contains("has no LAN interface with a subnet holding 2001:db8:9::"),
+        "{note}"
+    );
+    assert!((0..3).all(|i| !lab.node_lan_addrs(i).contains(&far)));
+
+    // Cluster policy: cordoning the holder (kubectl drain) moves the address first.
+    lab.create_service_with("l2drain", json!({"routelb.io/pool": "lan"}), json!({}))
+        .await
+        .unwrap();
+    let addr = lab.external_ip("l2drain", WAIT).await.unwrap();
+    let h = holder(&lab, addr).await;
+    let old = lab.nodes[h].name.clone();
+    let l = lab.client_loop_from(
+        &lab.lan_netns.clone(),
+        addr,
+        Duration::from_millis(10),
+        FINE,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let drained = Instant::now();
+    Api::<Node>::all(lab.client.clone())
+        .patch(
+            &old,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    let (took, failed) = eventually("no move on drain", || l.recovery(drained, &old)).await;
+    let tally: BTreeMap<String, usize> = l.stop();
+    println!("drain of {old}: moved after {took:?}, {failed} failed connections; {tally:?}");
+    assert_ne!(holder(&lab, addr).await, h);
+    eventually("the drained node lets go once the new one answers", || {
+        (!lab.node_lan_addrs(h).contains(&addr)).then_some(())
+    })
+    .await;
+    lab.shutdown();
+}
