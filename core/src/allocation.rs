@@ -37,6 +37,8 @@ pub mod reason {
     pub const POOL_INVALID: &str = "InvalidSpec";
     pub const POOL_CONFLICT: &str = "PoolConflict";
     pub const POOL_CONFLICT_RESOLVED: &str = "PoolConflictResolved";
+    pub const NO_NODE_CAN_ANSWER: &str = "NoNodeCanAnswer";
+    pub const NODES_CAN_ANSWER: &str = "NodesCanAnswer";
 }
 
 /// What the I/O layer must do.
@@ -92,6 +94,9 @@ impl Default for Settings {
 struct PoolEntry {
     error: Option<String>,
     uncovered: Vec<IpAddr>,
+    /// Local pools: how many nodes can answer for its addresses, or why none can
+    /// (unknown until the shell has heard from the nodes).
+    reach: Option<Result<usize, String>>,
 }
 
 /// The allocator's state.
@@ -696,6 +701,42 @@ impl Core {
         self.finish()
     }
 
+    /// Whether nodes can answer (ARP/NDP) for a local pool: `Ok(nodes)` or `Err(why)`.
+    /// While none can, Services that do not name the pool are not given its addresses
+    /// (assignments stay); when nodes can again, waiting Services are retried.
+    pub fn pool_reach(&mut self, name: &str, reach: Result<usize, String>) -> Vec<Effect> {
+        let Some(entry) = self.pools.get_mut(name) else {
+            return Vec::new();
+        };
+        if entry.reach.as_ref() == Some(&reach) {
+            return Vec::new();
+        }
+        let was = entry.reach.replace(reach.clone());
+        self.ipam
+            .set_unanswerable(name, reach.as_ref().err().map(String::as_str));
+        match (&was, &reach) {
+            (Some(Err(old)), Err(why)) if old == why => {}
+            (_, Err(why)) => self.event(
+                Regarding::pool(name),
+                true,
+                reason::NO_NODE_CAN_ANSWER,
+                format!("{why}; Services that do not name this pool get addresses elsewhere until a node can"),
+            ),
+            (Some(Err(_)), Ok(n)) => {
+                self.event(
+                    Regarding::pool(name),
+                    false,
+                    reason::NODES_CAN_ANSWER,
+                    format!("{n} node(s) can answer for its addresses again"),
+                );
+                self.retry = true;
+            }
+            (_, Ok(_)) => {}
+        }
+        self.emit(Effect::PoolStatus(name.to_string()));
+        self.finish()
+    }
+
     /// A Namespace was created or its labels changed.
     pub fn namespace_applied(&mut self, ns: &Namespace) -> Vec<Effect> {
         let (name, labels) = (ns.name_any(), ns.labels().clone());
@@ -770,6 +811,16 @@ impl Core {
                     list(&uncovered)
                 ),
             );
+        }
+        match &entry.reach {
+            Some(Ok(n)) => conditions.set(
+                "Answerable",
+                true,
+                reason::NODES_CAN_ANSWER,
+                &format!("{n} node(s) can answer ARP/NDP for its addresses"),
+            ),
+            Some(Err(why)) => conditions.set("Answerable", false, reason::NO_NODE_CAN_ANSWER, why),
+            None => {}
         }
         let (used, truncated) = self.ipam.pool_used(name, self.settings.used_limit);
         let used = if truncated {
@@ -981,6 +1032,61 @@ mod tests {
 
     fn shown(addr: &str) -> Value {
         json!({"metadata": {"annotations": {"routelb.io/allocated-from": "p"}}, "status": {"loadBalancer": {"ingress": [{"ip": addr}]}}})
+    }
+
+    #[test]
+    fn a_local_pool_no_node_can_answer_serves_only_services_naming_it() {
+        let mut core = Core::new(Settings::default());
+        let mut lan = (*pool("lan", &["192.0.2.200-192.0.2.203"])).clone();
+        lan.spec.mode = crate::crd::PoolMode::Local;
+        core.restore(&[svc("a", json!({}))], &[Arc::new(lan)], &[]);
+        let held = core.ipam().assignment(&ServiceKey::new("ns", "a")).unwrap();
+        // No node can answer: said once, the assignment stays.
+        let why = "no node can answer for its addresses: node-1 has no LAN interface with a subnet holding 192.0.2.200";
+        let down = core.pool_reach("lan", Err(why.into()));
+        assert_eq!(reasons(&down), ["NoNodeCanAnswer"]);
+        assert!(published(&down).is_empty(), "nothing moves: {down:?}");
+        assert!(core.pool_reach("lan", Err(why.into())).is_empty());
+        let status = core
+            .pool_status("lan", None, None, Timestamp::UNIX_EPOCH)
+            .unwrap();
+        let answerable = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Answerable")
+            .unwrap();
+        assert_eq!(
+            (answerable.status.as_str(), answerable.message.as_str()),
+            ("False", why)
+        );
+        // A Service that names no pool is not given an address nobody answers for ...
+        let b = core.service_applied(svc("b", json!({})));
+        assert!(published(&b).is_empty());
+        let failed = b.iter().find_map(|e| match e {
+            Effect::Event { note, .. } => Some(note.clone()),
+            _ => None,
+        });
+        assert!(failed.unwrap().contains("no node can answer"), "{b:?}");
+        // ... one that names it is.
+        let named = core.service_applied(svc(
+            "c",
+            json!({"metadata": {"annotations": {"routelb.io/pool": "lan"}}}),
+        ));
+        assert_eq!(published(&named).len(), 1, "{named:?}");
+        // Nodes can answer again: the waiting Service gets its address.
+        let up = core.pool_reach("lan", Ok(2));
+        assert!(reasons(&up).contains(&"NodesCanAnswer"), "{up:?}");
+        assert_eq!(
+            published(&up)
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(
+            core.ipam().assignment(&ServiceKey::new("ns", "a")).unwrap(),
+            held
+        );
     }
 
     #[test]

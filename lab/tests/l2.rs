@@ -12,6 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use lab::{Kind, Lab, Options};
 use routelb::kernel::arp::{Wire, arp_probe, mac_string, parse_arp};
+use routelb_core::crd::AddressPool;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -68,6 +69,24 @@ fn arp_repliers(lab: &Lab, addr: Ipv4Addr) -> BTreeSet<String> {
 }
 
 /// Polls until `check` returns Some, or panics after WAIT saying `what`.
+/// The allocator's log lines that mention `what`, for failure messages.
+fn allocator_log(lab: &Lab, what: &str) -> String {
+    std::fs::read_dir(&lab.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("allocator"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|l| {
+            l.lines()
+                .filter(|l| l.contains(what))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -308,6 +327,28 @@ async fn local_policy_follows_endpoints_and_a_drain_moves_the_address() {
         "{note}"
     );
     assert!((0..3).all(|i| !lab.node_lan_addrs(i).contains(&far)));
+    // The pool says so in its status too (kubectl get addresspool far -o yaml).
+    let pools: Api<AddressPool> = Api::all(lab.client.clone());
+    let start = Instant::now();
+    let answerable = loop {
+        let found = pools
+            .get("far")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Answerable"));
+        if let Some(c) = found {
+            break c;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no Answerable condition on pool far; allocator log: {}",
+            allocator_log(&lab, "far")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answerable.status, "False", "{answerable:?}");
+    assert_eq!(answerable.reason, "NoNodeCanAnswer");
 
     // Cluster policy: cordoning the holder (kubectl drain) moves the address first.
     lab.create_service_with("l2drain", json!({"routelb.io/pool": "lan"}), json!({}))

@@ -342,8 +342,6 @@ struct Session {
     listed: [Option<u64>; 3],
     /// The `announcing-*` patches written this term (the cache may lag behind them).
     announced: BTreeMap<String, serde_json::Value>,
-    /// Per local pool: whether some node can answer for it, as last reported.
-    reach: BTreeMap<String, Result<(), String>>,
     started: std::time::Instant,
 }
 
@@ -400,7 +398,6 @@ impl Session {
             term,
             listed: [services_rv, pools_rv, namespaces_rv],
             announced: BTreeMap::new(),
-            reach: BTreeMap::new(),
             started,
         };
         let effects = s.core.restore(&services, &pools, &namespaces);
@@ -537,9 +534,9 @@ impl Session {
         }
     }
 
-    /// Says on each local pool, when it changes, whether some node can answer for it.
-    /// Right after a term starts the nodes' records may not all have been seen: a pool
-    /// is reported unreachable only once a lease duration has passed.
+    /// Tells the core, for each local pool, whether some node can answer for it (its
+    /// condition, Events and pool choice follow). Right after a term starts the nodes'
+    /// records may not all have been seen: nothing is said before two lease durations.
     fn report_reach(&mut self, pools: &Store<AddressPool>, members: &BTreeMap<String, Member>) {
         if self.started.elapsed() < MembersTiming::default().lease * 2 {
             return;
@@ -550,48 +547,15 @@ impl Session {
             .filter(|p| p.spec.mode == PoolMode::Local)
         {
             let name = pool.name_any();
-            let reach = pool_reach(pool, members).map(|nodes| {
-                METRICS.set(
-                    "routelb_pool_answering_nodes",
-                    "Nodes that can answer for a local pool (ARP/NDP).",
-                    &[("pool", &name)],
-                    nodes.len() as f64,
-                );
-            });
-            if reach.is_err() {
-                METRICS.set(
-                    "routelb_pool_answering_nodes",
-                    "Nodes that can answer for a local pool (ARP/NDP).",
-                    &[("pool", &name)],
-                    0.0,
-                );
-            }
-            if self.reach.get(&name) == Some(&reach) {
-                continue;
-            }
-            let first = !self.reach.contains_key(&name);
-            self.reach.insert(name.clone(), reach.clone());
-            let (warning, reason, note) = match reach {
-                Err(why) => (
-                    true,
-                    "NoNodeCanAnswer",
-                    format!("AddressPool {name}: {why}"),
-                ),
-                Ok(()) if first => continue,
-                Ok(()) => (
-                    false,
-                    "NodesCanAnswer",
-                    format!("AddressPool {name}: nodes can answer for its addresses again"),
-                ),
-            };
-            tracing::info!(pool = %name, reason, "{note}");
-            self.publisher.publish(Note {
-                regarding: routelb_core::report::Regarding::pool(&name),
-                warning,
-                reason: reason.into(),
-                action: "Announce".into(),
-                note,
-            });
+            let reach = pool_reach(pool, members).map(|nodes| nodes.len());
+            METRICS.set(
+                "routelb_pool_answering_nodes",
+                "Nodes that can answer for a local pool (ARP/NDP).",
+                &[("pool", &name)],
+                *reach.as_ref().unwrap_or(&0) as f64,
+            );
+            let effects = self.core.pool_reach(&name, reach);
+            self.carry_out(effects);
         }
     }
 

@@ -16,6 +16,10 @@ pub enum Ineligible {
     Disabled,
     #[error("has autoAssign: false (name it with the routelb.io/pool annotation)")]
     NoAutoAssign,
+    #[error(
+        "is a local pool no node can answer for now ({0}); name it with the routelb.io/pool annotation to use it anyway"
+    )]
+    Unanswerable(String),
     #[error("serviceSelector {0:?} does not match the Service's labels")]
     ServiceSelector(String),
     #[error("namespaceSelector {0:?} does not match the namespace's labels")]

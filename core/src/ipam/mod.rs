@@ -93,6 +93,9 @@ struct PoolState {
     cfg: PoolConfig,
     name: Arc<str>,
     conflict: Option<Arc<str>>,
+    /// Why no node can announce the pool's addresses now (local pools): it then serves
+    /// only Services that name it.
+    unanswerable: Option<Arc<str>>,
     /// Free indexes per family; present only while the pool is active.
     free: [Option<FreeSet>; 2],
 }
@@ -172,12 +175,14 @@ impl Ipam {
             };
         }
         let before = self.conflict_states();
+        let unanswerable = self.pools.get(&name).and_then(|p| p.unanswerable.clone());
         self.pools.insert(
             name.clone(),
             PoolState {
                 cfg,
                 name: name.clone(),
                 conflict: None,
+                unanswerable,
                 free: [None, None],
             },
         );
@@ -206,6 +211,20 @@ impl Ipam {
             .cloned()
             .collect();
         (affected, conflicts)
+    }
+
+    /// Marks a pool as one no node can announce now (`Some(why)`) or as announceable
+    /// again. An unanswerable pool keeps its assignments but is skipped by Services that
+    /// do not name it. Returns whether anything changed.
+    pub fn set_unanswerable(&mut self, name: &str, why: Option<&str>) -> bool {
+        let Some(p) = self.pools.get_mut(name) else {
+            return false;
+        };
+        if p.unanswerable.as_deref() == why {
+            return false;
+        }
+        p.unanswerable = why.map(Arc::from);
+        true
     }
 
     /// A pool's configuration.
@@ -747,6 +766,9 @@ impl Ipam {
         }
         if !explicit && !p.cfg.auto_assign {
             return Err(Ineligible::NoAutoAssign);
+        }
+        if !explicit && let Some(why) = &p.unanswerable {
+            return Err(Ineligible::Unanswerable(why.to_string()));
         }
         if !p.cfg.service_selector.matches(&req.labels) {
             return Err(Ineligible::ServiceSelector(
