@@ -383,3 +383,96 @@ async fn local_policy_follows_endpoints_and_a_drain_moves_the_address() {
     .await;
     lab.shutdown();
 }
+
+/// The first Event with `reason` about `regarding` (any namespace), waited for: its note.
+async fn event_note(lab: &Lab, reason: &str, regarding: &str) -> String {
+    let events: Api<Event> = Api::all(lab.client.clone());
+    let start = Instant::now();
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+            })
+            .and_then(|e| e.note);
+        if let Some(n) = found {
+            return n;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no {reason} Event about {regarding} after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_known_traps_are_reported() {
+    let lab = up().await;
+    lab.create_service_with("l2trap", json!({"routelb.io/pool": "lan"}), json!({}))
+        .await
+        .unwrap();
+    let addr = lab.external_ip("l2trap", WAIT).await.unwrap();
+    let h = holder(&lab, addr).await;
+    let other = (h + 1) % lab.nodes.len();
+    let (holder_mac, other_mac) = (lab.node_mac(h).unwrap(), lab.node_mac(other).unwrap());
+    let (other_name, other_ns) = (
+        lab.nodes[other].name.clone(),
+        lab.nodes[other].netns.clone(),
+    );
+
+    // Someone configures the Service's address on another node by hand: that node's
+    // agent says it is foreign there, and the holder hears a second MAC answer its
+    // ARP probes (a split brain on the wire).
+    let a = format!("{addr}/32");
+    lab.exec(&other_ns, &["ip", "addr", "add", &a, "dev", "eth0"])
+        .unwrap();
+    let foreign = event_note(&lab, "ForeignAddress", &other_name).await;
+    assert!(
+        foreign.contains(&format!(
+            "{addr} of AddressPool lan is configured on eth0 of node {other_name}"
+        )),
+        "{foreign}"
+    );
+    let split = event_note(&lab, "SplitBrain", "l2trap").await;
+    assert!(
+        split.contains(&format!(
+            "answers for {addr} on eth0, and so does {other_mac}"
+        )),
+        "{split}"
+    );
+    // The elected node keeps the address (its record is current): no flapping.
+    assert_eq!(holder(&lab, addr).await, h);
+    assert_ne!(holder_mac, other_mac);
+    lab.exec(&other_ns, &["ip", "addr", "del", &a, "dev", "eth0"])
+        .unwrap();
+
+    // kube-proxy in IPVS mode without strict ARP (kube-ipvs0 exists, arp_ignore 0):
+    // reported on the Node with what to set. (No dummy links here: a bridge stands in.)
+    let third = (h + 2) % lab.nodes.len();
+    let (third_name, third_ns) = (
+        lab.nodes[third].name.clone(),
+        lab.nodes[third].netns.clone(),
+    );
+    lab.exec(
+        &third_ns,
+        &["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=0"],
+    )
+    .unwrap();
+    lab.exec(
+        &third_ns,
+        &["ip", "link", "add", "kube-ipvs0", "type", "bridge"],
+    )
+    .unwrap();
+    let trap = event_note(&lab, "StrictARPMissing", &third_name).await;
+    assert!(
+        trap.contains("kube-ipvs0 exists") && trap.contains("ipvs.strictARP: true"),
+        "{trap}"
+    );
+    lab.shutdown();
+}
