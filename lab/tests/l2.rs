@@ -384,8 +384,9 @@ async fn local_policy_follows_endpoints_and_a_drain_moves_the_address() {
     lab.shutdown();
 }
 
-/// The first Event with `reason` about `regarding` (any namespace), waited for: its note.
-async fn event_note(lab: &Lab, reason: &str, regarding: &str) -> String {
+/// The first Event with `reason` about `regarding` (any namespace) whose note mentions
+/// `mentions`, waited for: its note.
+async fn event_note(lab: &Lab, reason: &str, regarding: &str, mentions: &str) -> String {
     let events: Api<Event> = Api::all(lab.client.clone());
     let start = Instant::now();
     loop {
@@ -398,6 +399,7 @@ async fn event_note(lab: &Lab, reason: &str, regarding: &str) -> String {
             .find(|e| {
                 e.reason.as_deref() == Some(reason)
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+                    && e.note.as_deref().is_some_and(|n| n.contains(mentions))
             })
             .and_then(|e| e.note);
         if let Some(n) = found {
@@ -405,7 +407,7 @@ async fn event_note(lab: &Lab, reason: &str, regarding: &str) -> String {
         }
         assert!(
             start.elapsed() < WAIT,
-            "no {reason} Event about {regarding} after {WAIT:?}"
+            "no {reason} Event about {regarding} mentioning {mentions} after {WAIT:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -414,9 +416,13 @@ async fn event_note(lab: &Lab, reason: &str, regarding: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_known_traps_are_reported() {
     let lab = up().await;
-    lab.create_service_with("l2trap", json!({"routelb.io/pool": "lan"}), json!({}))
-        .await
-        .unwrap();
+    lab.create_service_with(
+        "l2trap",
+        json!({"routelb.io/pool": "lan"}),
+        json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+    )
+    .await
+    .unwrap();
     let addr = lab.external_ip("l2trap", WAIT).await.unwrap();
     let h = holder(&lab, addr).await;
     let other = (h + 1) % lab.nodes.len();
@@ -432,14 +438,14 @@ async fn the_known_traps_are_reported() {
     let a = format!("{addr}/32");
     lab.exec(&other_ns, &["ip", "addr", "add", &a, "dev", "eth0"])
         .unwrap();
-    let foreign = event_note(&lab, "ForeignAddress", &other_name).await;
+    let foreign = event_note(&lab, "ForeignAddress", &other_name, &addr.to_string()).await;
     assert!(
         foreign.contains(&format!(
             "{addr} of AddressPool lan is configured on eth0 of node {other_name}"
         )),
         "{foreign}"
     );
-    let split = event_note(&lab, "SplitBrain", "l2trap").await;
+    let split = event_note(&lab, "SplitBrain", "l2trap", &addr.to_string()).await;
     assert!(
         split.contains(&format!(
             "answers for {addr} on eth0, and so does {other_mac}"
@@ -450,6 +456,42 @@ async fn the_known_traps_are_reported() {
     assert_eq!(holder(&lab, addr).await, h);
     assert_ne!(holder_mac, other_mac);
     lab.exec(&other_ns, &["ip", "addr", "del", &a, "dev", "eth0"])
+        .unwrap();
+
+    // The same for IPv6: the holder's duplicate address detection probe is answered by
+    // the other host's Neighbor Advertisement.
+    let v6 = lab
+        .services()
+        .get("l2trap")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.load_balancer?.ingress)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip?.parse::<IpAddr>().ok())
+        .find(IpAddr::is_ipv6)
+        .expect("an IPv6 address");
+    let h6 = holder(&lab, v6).await;
+    let other6 = (h6 + 1) % lab.nodes.len();
+    let (other6_ns, other6_mac) = (
+        lab.nodes[other6].netns.clone(),
+        lab.node_mac(other6).unwrap(),
+    );
+    let a6 = format!("{v6}/128");
+    lab.exec(
+        &other6_ns,
+        &["ip", "-6", "addr", "add", &a6, "dev", "eth0", "nodad"],
+    )
+    .unwrap();
+    let split6 = event_note(&lab, "SplitBrain", "l2trap", &v6.to_string()).await;
+    assert!(
+        split6.contains(&format!(
+            "answers for {v6} on eth0, and so does {other6_mac}"
+        )),
+        "{split6}"
+    );
+    lab.exec(&other6_ns, &["ip", "-6", "addr", "del", &a6, "dev", "eth0"])
         .unwrap();
 
     // kube-proxy in IPVS mode without strict ARP (kube-ipvs0 exists, arp_ignore 0):
@@ -469,7 +511,7 @@ async fn the_known_traps_are_reported() {
         &["ip", "link", "add", "kube-ipvs0", "type", "bridge"],
     )
     .unwrap();
-    let trap = event_note(&lab, "StrictARPMissing", &third_name).await;
+    let trap = event_note(&lab, "StrictARPMissing", &third_name, "kube-ipvs0").await;
     assert!(
         trap.contains("kube-ipvs0 exists") && trap.contains("ipvs.strictARP: true"),
         "{trap}"

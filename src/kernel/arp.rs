@@ -1,10 +1,14 @@
 //! ARP and NDP on the wire, for local (L2) pools: the gratuitous ARP and unsolicited
 //! Neighbor Advertisement a node sends when it starts answering for an address (so
-//! clients and switches move to its MAC at once, not when their caches expire), and the
-//! ARP a node hears from others claiming its addresses (a split brain on the wire).
+//! clients and switches move to its MAC at once, not when their caches expire), the
+//! probes it sends now and then (ARP probe, Neighbor Solicitation for duplicate address
+//! detection: every other holder answers), and the ARP and Neighbor Advertisements it
+//! hears from others claiming its addresses (a split brain on the wire).
 //!
 //! Frames are built here byte by byte (tested below) and sent on an `AF_PACKET` socket
-//! bound to the interface and to ARP, so the same socket hears the LAN's ARP traffic.
+//! bound to the interface and to ARP, so the same socket hears the LAN's ARP traffic; a
+//! second one hears Neighbor Advertisements only (a socket filter drops all other IPv6
+//! in the kernel).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -64,14 +68,43 @@ pub fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> Vec<u8> {
     let sum = checksum_v6(&addr, &dst, &icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     let mut f = ethernet(ALL_NODES_MAC, mac, ETH_P_IPV6);
+    ipv6(&mut f, addr, dst, &icmp);
+    f
+}
+
+/// A Neighbor Solicitation for `addr` as duplicate address detection sends it (source
+/// `::`, to the address's solicited-node group, RFC 4862 5.4.2): every host that has
+/// `addr` answers with a Neighbor Advertisement to all nodes, so a second holder shows
+/// itself.
+pub fn neighbor_probe(mac: [u8; 6], addr: Ipv6Addr) -> Vec<u8> {
+    let o = addr.octets();
+    let dst = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    );
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&o);
+    let sum = checksum_v6(&Ipv6Addr::UNSPECIFIED, &dst, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut f = ethernet([0x33, 0x33, 0xff, o[13], o[14], o[15]], mac, ETH_P_IPV6);
+    ipv6(&mut f, Ipv6Addr::UNSPECIFIED, dst, &icmp);
+    f
+}
+
+fn ipv6(f: &mut Vec<u8>, src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) {
     let len = u16::try_from(icmp.len()).expect("short");
     f.extend_from_slice(&[0x60, 0, 0, 0]);
     f.extend_from_slice(&len.to_be_bytes());
     f.extend_from_slice(&[58, 255]);
-    f.extend_from_slice(&addr.octets());
+    f.extend_from_slice(&src.octets());
     f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&icmp);
-    f
+    f.extend_from_slice(icmp);
 }
 
 fn checksum_v6(src: &Ipv6Addr, dst: &Ipv6Addr, payload: &[u8]) -> u16 {
@@ -120,6 +153,43 @@ pub fn parse_arp(frame: &[u8]) -> Option<Heard> {
     })
 }
 
+/// Someone on the LAN saying it has an address: the sender of an ARP packet, or the
+/// target of a Neighbor Advertisement, with the MAC it gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub addr: IpAddr,
+    pub mac: [u8; 6],
+}
+
+/// Reads an Ethernet frame holding a Neighbor Advertisement (no extension headers):
+/// its target, with the target link-layer address option's MAC (or the frame's source).
+pub fn parse_na(frame: &[u8]) -> Option<Claim> {
+    if frame.len() < 78 || frame[12..14] != ETH_P_IPV6.to_be_bytes() || frame[20] != 58 {
+        return None;
+    }
+    let icmp = &frame[54..];
+    if icmp[0] != 136 {
+        return None;
+    }
+    let target: [u8; 16] = icmp[8..24].try_into().ok()?;
+    let mut mac: [u8; 6] = frame[6..12].try_into().ok()?;
+    let mut opts = &icmp[24..];
+    while opts.len() >= 8 {
+        let len = usize::from(opts[1]) * 8;
+        if len == 0 || len > opts.len() {
+            break;
+        }
+        if opts[0] == 2 && len == 8 {
+            mac = opts[2..8].try_into().ok()?;
+        }
+        opts = &opts[len..];
+    }
+    Some(Claim {
+        addr: IpAddr::V6(target.into()),
+        mac,
+    })
+}
+
 /// Formats a MAC address the usual way.
 pub fn mac_string(mac: &[u8; 6]) -> String {
     mac.iter()
@@ -128,11 +198,56 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// An `AF_PACKET` socket on one interface: sends frames, hears ARP.
+/// `AF_PACKET` sockets on one interface: one sends frames and hears ARP, the other
+/// hears Neighbor Advertisements.
 #[derive(Debug)]
 pub struct Wire {
     fd: OwnedFd,
+    nd: OwnedFd,
     index: u32,
+}
+
+/// The socket filter of the Neighbor Advertisement socket (classic BPF, offsets from
+/// the Ethernet header): IPv6, next header ICMPv6, type 136; everything else dropped.
+const NA_FILTER: [libc::sock_filter; 8] = [
+    bpf(0x28, 0, 0, 12),                // ldh [12]: ethertype
+    bpf(0x15, 0, 5, ETH_P_IPV6 as u32), // jeq IPv6, else drop
+    bpf(0x30, 0, 0, 20),                // ldb [20]: next header
+    bpf(0x15, 0, 3, 58),                // jeq ICMPv6, else drop
+    bpf(0x30, 0, 0, 54),                // ldb [54]: ICMPv6 type
+    bpf(0x15, 0, 1, 136),               // jeq Neighbor Advertisement, else drop
+    bpf(0x06, 0, 0, 0xffff),            // ret: accept
+    bpf(0x06, 0, 0, 0),                 // ret: drop
+];
+
+const fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// Attaches [`NA_FILTER`] to a socket.
+fn attach_na_filter(fd: &OwnedFd) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: NA_FILTER.len() as u16,
+        filter: NA_FILTER.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at a live, correctly sized filter array for the duration of
+    // the call (the kernel copies it); the option length is that of `sock_fprog`. nix
+    // has no safe wrapper for SO_ATTACH_FILTER.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::from_ref(&prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn link_addr(index: u32, protocol: u16, dst: Option<[u8; 6]>) -> LinkAddr {
@@ -157,6 +272,20 @@ fn link_addr(index: u32, protocol: u16, dst: Option<[u8; 6]>) -> LinkAddr {
         .expect("a sockaddr_ll of the right size")
 }
 
+/// Reads what a non-blocking socket has queued (at most 10,000 frames a call), keeping
+/// what `parse` understands.
+fn drain<T>(fd: &OwnedFd, parse: fn(&[u8]) -> Option<T>) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1600];
+    for _ in 0..10_000 {
+        let Ok((n, _)) = recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) else {
+            break;
+        };
+        out.extend(parse(&buf[..n]));
+    }
+    out
+}
+
 impl Wire {
     /// Opens the socket on interface `index` (non-blocking).
     pub fn open(index: u32) -> io::Result<Wire> {
@@ -167,7 +296,17 @@ impl Wire {
             None,
         )?;
         bind(fd.as_raw_fd(), &link_addr(index, ETH_P_ARP, None))?;
-        Ok(Wire { fd, index })
+        // Created with protocol 0 (it hears nothing), filtered, then bound to IPv6: no
+        // unfiltered frame is ever queued on it.
+        let nd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        attach_na_filter(&nd)?;
+        bind(nd.as_raw_fd(), &link_addr(index, ETH_P_IPV6, None))?;
+        Ok(Wire { fd, nd, index })
     }
 
     /// Sends one Ethernet frame (its destination is its first six bytes).
@@ -185,15 +324,31 @@ impl Wire {
 
     /// The ARP packets heard since the last call.
     pub fn heard(&self) -> Vec<Heard> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 1600];
-        while let Ok((n, _)) = recvfrom::<LinkAddr>(self.fd.as_raw_fd(), &mut buf) {
-            out.extend(parse_arp(&buf[..n]));
-            if out.len() > 10_000 {
-                break;
-            }
-        }
+        drain(&self.fd, parse_arp)
+    }
+
+    /// Who claimed an address since the last call: senders of ARP packets (not probes)
+    /// and targets of Neighbor Advertisements.
+    pub fn claims(&self) -> Vec<Claim> {
+        let mut out: Vec<Claim> = self
+            .heard()
+            .into_iter()
+            .filter(|h| !h.sender.is_unspecified())
+            .map(|h| Claim {
+                addr: IpAddr::V4(h.sender),
+                mac: h.sender_mac,
+            })
+            .collect();
+        out.extend(drain(&self.nd, parse_na));
         out
+    }
+
+    /// Probes for other holders of `addr` (they answer; see [`Wire::claims`]).
+    pub fn probe(&self, mac: [u8; 6], addr: IpAddr) -> io::Result<()> {
+        match addr {
+            IpAddr::V4(a) => self.send(&arp_probe(mac, a)),
+            IpAddr::V6(a) => self.send(&neighbor_probe(mac, a)),
+        }
     }
 
     /// Announces that this node now answers for `addr`.
@@ -249,6 +404,51 @@ mod tests {
         let src: [u8; 16] = ip[8..24].try_into().unwrap();
         let dst: [u8; 16] = ip[24..40].try_into().unwrap();
         assert_eq!(checksum_v6(&src.into(), &dst.into(), icmp), 0);
+    }
+
+    #[test]
+    fn a_neighbor_probe_is_duplicate_address_detection() {
+        let addr: Ipv6Addr = "2001:db8:2::200".parse().unwrap();
+        let f = neighbor_probe(MAC, addr);
+        assert_eq!(&f[..6], &[0x33, 0x33, 0xff, 0, 0x02, 0]);
+        let ip = &f[14..54];
+        assert_eq!((ip[6], ip[7]), (58, 255));
+        assert_eq!(&ip[8..24], &[0; 16], "source ::");
+        let dst: [u8; 16] = ip[24..40].try_into().unwrap();
+        assert_eq!(
+            Ipv6Addr::from(dst).to_string(),
+            "ff02::1:ff00:200",
+            "solicited-node group"
+        );
+        let icmp = &f[54..];
+        assert_eq!(icmp[0], 135);
+        assert_eq!(&icmp[8..24], &addr.octets());
+        assert_eq!(icmp.len(), 24, "no source link-layer option from ::");
+        assert_eq!(checksum_v6(&Ipv6Addr::UNSPECIFIED, &dst.into(), icmp), 0);
+        assert_eq!(parse_na(&f), None, "a solicitation is not a claim");
+    }
+
+    #[test]
+    fn a_neighbor_advertisement_names_its_target_and_mac() {
+        let addr: Ipv6Addr = "2001:db8::10".parse().unwrap();
+        let c = parse_na(&unsolicited_na(MAC, addr)).unwrap();
+        assert_eq!((c.addr, c.mac), (IpAddr::V6(addr), MAC));
+        // Without the option, the frame's source MAC; a truncated option is ignored.
+        let mut f = unsolicited_na(MAC, addr);
+        f.truncate(78);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        assert_eq!(parse_na(&f).unwrap().mac, [2, 0, 0, 0, 0, 9]);
+        let mut bad = unsolicited_na(MAC, addr);
+        bad[79] = 0;
+        assert_eq!(
+            parse_na(&bad).unwrap().mac,
+            MAC,
+            "zero-length option stops the walk"
+        );
+        assert_eq!(
+            parse_na(&gratuitous_arp(MAC, "192.0.2.1".parse().unwrap(), true)),
+            None
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use routelb_core::l2::LanInterface;
 use routelb_core::net::Prefix;
 use tokio::sync::watch;
 
-use super::arp::{Wire, arp_probe, mac_string};
+use super::arp::{Wire, mac_string};
 use super::netlink::{LanAddress, LanLink, Netlink};
 use crate::clock::boottime;
 
@@ -36,7 +36,7 @@ use crate::clock::boottime;
 pub const ADDRESS_PROTOCOL: u8 = 249;
 /// When a new address is announced, after it is put on the interface.
 const SCHEDULE_MS: [u64; 5] = [0, 200, 500, 1000, 2000];
-/// How often each held IPv4 address is probed for a second holder.
+/// How often each held address is probed for a second holder.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// How the LAN side runs.
@@ -427,7 +427,8 @@ impl Worker {
                 None => {}
             }
         }
-        // Probe held IPv4 addresses now and then: a second holder replies.
+        // Probe held addresses now and then (ARP probe, DAD solicitation): a second
+        // holder replies.
         if now.saturating_sub(self.probed) >= PROBE_EVERY {
             self.probed = now;
             let held: Vec<(IpAddr, u32)> = self
@@ -440,32 +441,33 @@ impl Worker {
                 })
                 .collect();
             for (addr, index) in held {
-                let (IpAddr::V4(v4), Some(mac)) = (addr, self.mac(index)) else {
+                let Some(mac) = self.mac(index) else {
                     continue;
                 };
                 if let Some(w) = self.wire(index) {
-                    let _ = w.send(&arp_probe(mac, v4));
+                    let _ = w.probe(mac, addr);
                 }
             }
         }
     }
 
-    /// Reads the ARP heard on the interfaces that hold addresses.
+    /// Reads the ARP and Neighbor Advertisements heard on the interfaces that hold
+    /// addresses.
     fn listen(&mut self) {
         let mut yield_now = Vec::new();
         for (index, wire) in &self.wires {
             let Some(link) = self.links.iter().find(|l| l.index == *index) else {
                 continue;
             };
-            for h in wire.heard() {
-                let addr = IpAddr::V4(h.sender);
-                if Some(h.sender_mac) == link.mac || self.view.held.get(&addr) != Some(&link.name) {
+            for h in wire.claims() {
+                let addr = h.addr;
+                if Some(h.mac) == link.mac || self.view.held.get(&addr) != Some(&link.name) {
                     continue;
                 }
                 let c = Conflict {
                     addr,
                     interface: link.name.clone(),
-                    mac: mac_string(&h.sender_mac),
+                    mac: mac_string(&h.mac),
                 };
                 if !self.view.conflicts.contains(&c) {
                     tracing::warn!(address = %addr, interface = %link.name, mac = %c.mac, "another node claims an address this node answers for");
