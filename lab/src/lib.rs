@@ -330,6 +330,19 @@ impl Lab {
                 opts.routelb.display()
             );
         }
+        // A missing daemon would otherwise show only as sessions that never come up.
+        let kinds: Vec<Kind> = opts.nodes.iter().copied().chain([opts.router]).collect();
+        for (kind, path) in [
+            (Kind::Bird, "/usr/sbin/bird"),
+            (Kind::Frr, "/usr/lib/frr/bgpd"),
+        ] {
+            if kinds.contains(&kind) && !std::path::Path::new(path).exists() {
+                bail!(
+                    "{path} is missing: install {} first (scripts/deps, or apt-get install bird2 frr frr-pythontools)",
+                    kind.name()
+                );
+            }
+        }
         let id = format!(
             "rlab{}x{}",
             std::process::id() % 100_000,
