@@ -35,9 +35,11 @@ use crate::node::{EXCLUDE_LABEL, SERVICE_NAME_LABEL, ServiceFacts, takes_traffic
 
 /// Label on the node Leases (in `routelb-system`) that carry member records.
 pub const LEASE_LABEL: &str = "routelb.io/node-lease";
+/// What a node Lease's name starts with.
+pub const LEASE_PREFIX: &str = "routelb-node-";
 /// The name of a node's Lease.
 pub fn lease_name(node: &str) -> String {
-    format!("routelb-node-{node}")
+    format!("{LEASE_PREFIX}{node}")
 }
 /// Annotation on a node Lease: `"true"`, or why the node answers for no address.
 pub const ELIGIBLE: &str = "routelb.io/eligible";
@@ -292,10 +294,7 @@ pub fn unfit(name: &str, m: &Member, b: &Ballot) -> Option<String> {
 
 /// Elects the node that answers for an address.
 pub fn elect(b: &Ballot, members: &BTreeMap<String, Member>) -> Elected {
-    let candidates: Vec<(&String, &Member)> = members
-        .iter()
-        .filter(|(n, m)| unfit(n, m, b).is_none())
-        .collect();
+    let candidates = candidates(b, members);
     let best = |claimed: bool| {
         candidates
             .iter()
@@ -318,18 +317,32 @@ pub fn elect(b: &Ballot, members: &BTreeMap<String, Member>) -> Elected {
         None if members.is_empty() => {
             Elected::Nobody("no node has published a routelb record yet".into())
         }
-        None => {
-            let mut why: Vec<String> = members
-                .iter()
-                .filter_map(|(n, m)| unfit(n, m, b))
-                .take(4)
-                .collect();
-            if members.len() > 4 {
-                why.push(format!("{} more", members.len() - 4));
-            }
-            Elected::Nobody(format!("no node can answer: {}", why.join("; ")))
-        }
+        None => Elected::Nobody(format!("no node can answer: {}", reasons(b, members))),
     }
+}
+
+/// The members that are candidates for a ballot.
+fn candidates<'a>(
+    b: &Ballot,
+    members: &'a BTreeMap<String, Member>,
+) -> Vec<(&'a String, &'a Member)> {
+    members
+        .iter()
+        .filter(|(n, m)| unfit(n, m, b).is_none())
+        .collect()
+}
+
+/// What the members lack for a ballot (the first four, then how many more).
+fn reasons(b: &Ballot, members: &BTreeMap<String, Member>) -> String {
+    let mut why: Vec<String> = members
+        .iter()
+        .filter_map(|(n, m)| unfit(n, m, b))
+        .take(4)
+        .collect();
+    if members.len() > 4 {
+        why.push(format!("{} more", members.len() - 4));
+    }
+    why.join("; ")
 }
 
 /// The alive members that claim an address (more than one: a split brain).
@@ -447,20 +460,11 @@ pub fn pool_reach(
             interfaces: &pool.spec.interfaces,
             endpoints: None,
         };
-        let fit: Vec<&String> = members
-            .iter()
-            .filter(|(n, m)| unfit(n, m, &ballot).is_none())
-            .map(|(n, _)| n)
-            .collect();
+        let fit = candidates(&ballot, members);
         if fit.is_empty() {
-            why.extend(
-                members
-                    .iter()
-                    .filter_map(|(n, m)| unfit(n, m, &ballot))
-                    .take(4),
-            );
+            why.push(reasons(&ballot, members));
         }
-        able.extend(fit.into_iter().cloned());
+        able.extend(fit.into_iter().map(|(n, _)| n.clone()));
     }
     if why.is_empty() {
         Ok(able.into_iter().collect())

@@ -15,6 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Api, Client, ResourceExt};
+use routelb_core::ipam::ServiceKey;
 use routelb_core::l2::{AddressElection, Elected, L2Model, Member, eligibility, unfit};
 use routelb_core::report::{Once, Regarding};
 use tokio::sync::watch;
@@ -56,7 +57,6 @@ pub struct L2 {
     opts: L2Options,
     pub members: Members,
     renewer: Renewer,
-    api: Api<Lease>,
     lan: Option<Lan>,
     view: watch::Receiver<View>,
     owner: watch::Sender<Option<OwnerReference>>,
@@ -74,16 +74,33 @@ pub struct L2 {
     reported: Once<&'static str>,
 }
 
+/// A (non-warning) Event on each of the Services using an address.
+fn tell(
+    publisher: &Publisher,
+    services: &[(ServiceKey, Option<String>)],
+    reason: &str,
+    note: &str,
+) {
+    for (key, uid) in services {
+        publisher.publish(Note {
+            regarding: Regarding::service_key(key).with_uid(uid.clone()),
+            warning: false,
+            reason: reason.into(),
+            action: "Announce".into(),
+            note: note.to_string(),
+        });
+    }
+}
+
 impl L2 {
     pub fn start(client: Client, node: &str, opts: L2Options, lan: Lan) -> L2 {
         let api: Api<Lease> = Api::namespaced(client, &opts.namespace);
         let (owner, owner_rx) = watch::channel(None);
-        let renewer = Renewer::start(api.clone(), node, owner_rx, opts.timing);
+        let renewer = Renewer::start(api, node, owner_rx, opts.timing);
         L2 {
             node: node.to_string(),
             members: Members::new(Some(node)),
             renewer,
-            api,
             view: lan.view(),
             lan: Some(lan),
             owner,
@@ -260,15 +277,7 @@ impl L2 {
             } else {
                 tracing::info!(address = %addr, interface = %a.interface, "answering for a local address");
             }
-            for (key, uid) in &a.election.services {
-                publisher.publish(Note {
-                    regarding: Regarding::service_key(key).with_uid(uid.clone()),
-                    warning: false,
-                    reason: "Announcing".into(),
-                    action: "Announce".into(),
-                    note: note.clone(),
-                });
-            }
+            tell(publisher, &a.election.services, "Announcing", &note);
         }
         for (addr, old) in &self.answering {
             if mine.contains_key(addr) {
@@ -295,15 +304,8 @@ impl L2 {
             };
             tracing::info!(address = %addr, reason = %why, "stopped answering for a local address");
             let services = now.map_or(&old.election.services, |e| &e.services);
-            for (key, uid) in services {
-                publisher.publish(Note {
-                    regarding: Regarding::service_key(key).with_uid(uid.clone()),
-                    warning: false,
-                    reason: "Withdrawn".into(),
-                    action: "Announce".into(),
-                    note: format!("node {me} no longer answers for {addr}: {why}"),
-                });
-            }
+            let note = format!("node {me} no longer answers for {addr}: {why}");
+            tell(publisher, services, "Withdrawn", &note);
         }
         self.terms
             .retain(|a, _| mine.contains_key(a) || self.handing_over.contains_key(a));
@@ -436,7 +438,7 @@ impl L2 {
     pub async fn stop(mut self, model: &L2Model) {
         let grace = self.opts.timing.restart_grace;
         if model.has_local_pools() {
-            self.renewer.hand_over(&self.api, &self.node, grace).await;
+            self.renewer.hand_over(grace).await;
         }
         if let Some(lan) = self.lan.take() {
             let _ = tokio::task::spawn_blocking(move || lan.stop(grace)).await;

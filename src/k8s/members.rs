@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use routelb_core::index::{Index, ObjectKey};
-use routelb_core::l2::{LEASE_LABEL, Member, lease_name};
+use routelb_core::l2::{LEASE_LABEL, LEASE_PREFIX, Member, lease_name};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -51,6 +51,8 @@ impl Default for Timing {
 /// The node's own Lease, renewed on a task.
 #[derive(Debug, Clone)]
 pub struct Renewer {
+    api: Api<Lease>,
+    node: String,
     record: watch::Sender<Option<Member>>,
     /// Boot time at which the request of the last successful renewal was sent.
     renewed: Arc<Mutex<Option<Duration>>>,
@@ -68,12 +70,13 @@ impl Renewer {
     ) -> Renewer {
         let (record, rx) = watch::channel(None);
         let r = Renewer {
+            api,
+            node: node.to_string(),
             record,
             renewed: Arc::default(),
             writes: Arc::default(),
         };
         let task = r.clone();
-        let node = node.to_string();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(timing.renew);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,7 +90,7 @@ impl Renewer {
                     continue;
                 };
                 let owner = owner.borrow().clone();
-                task.write(&api, &node, &record, owner).await;
+                task.write(&record, owner).await;
             }
         });
         r
@@ -114,13 +117,8 @@ impl Renewer {
         self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn write(
-        &self,
-        api: &Api<Lease>,
-        node: &str,
-        record: &Member,
-        owner: Option<OwnerReference>,
-    ) {
+    async fn write(&self, record: &Member, owner: Option<OwnerReference>) {
+        let (api, node) = (&self.api, self.node.as_str());
         let name = lease_name(node);
         let sent = boottime();
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
@@ -170,13 +168,12 @@ impl Renewer {
     }
 
     /// Publishes `record` once more, valid for `grace`: the agent is restarting.
-    pub async fn hand_over(&self, api: &Api<Lease>, node: &str, grace: Duration) {
+    pub async fn hand_over(&self, grace: Duration) {
         let Some(mut record) = self.record.borrow().clone() else {
             return;
         };
         record.lease_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.write(api, node, &record, None))
-            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.write(&record, None)).await;
     }
 }
 
@@ -217,7 +214,7 @@ impl Members {
             .or_else(|| {
                 lease
                     .name_any()
-                    .strip_prefix("routelb-node-")
+                    .strip_prefix(LEASE_PREFIX)
                     .map(str::to_string)
             })
     }

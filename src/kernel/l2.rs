@@ -119,12 +119,7 @@ impl Lan {
             .spawn(move || {
                 let opened = (|| {
                     if let Some(path) = &netns {
-                        let fd = std::fs::File::open(path).with_context(|| {
-                            format!("open network namespace {}", path.display())
-                        })?;
-                        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).with_context(
-                            || format!("enter network namespace {}", path.display()),
-                        )?;
+                        super::enter_netns(path)?;
                     }
                     Netlink::new().context("open a netlink socket")
                 })();

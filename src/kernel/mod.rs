@@ -16,11 +16,23 @@ pub mod runner;
 
 use std::fmt;
 use std::io;
+use std::path::Path;
+
+use anyhow::Context;
 
 use routelb_core::net::{KernelContract, Link, LinkKind, Op, Prefix, Route, VipMode};
 
 pub use dataplane::{Dataplane, Report};
 pub use runner::{Running, Status};
+
+/// Moves the calling thread into the network namespace at `path` (labs and tests: an
+/// agent on the host programming a node namespace). Threads it starts live there too.
+pub fn enter_netns(path: &Path) -> anyhow::Result<()> {
+    let fd = std::fs::File::open(path)
+        .with_context(|| format!("open network namespace {}", path.display()))?;
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("enter network namespace {}", path.display()))
+}
 
 /// The kernel operations the dataplane uses, in kernel words. Changes are batched
 /// ([`Kernel::apply`]) and idempotent: adding what exists and removing what is gone

@@ -114,11 +114,7 @@ impl Running {
         };
         let path = path.to_path_buf();
         std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path)
-                .with_context(|| format!("open network namespace {}", path.display()))?;
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("enter network namespace {}", path.display()))?;
-            // Threads started from here live in the namespace too.
+            super::enter_netns(&path)?;
             Running::start(cfg, resync)
         })
         .join()
