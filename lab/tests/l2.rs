@@ -349,6 +349,31 @@ async fn local_policy_follows_endpoints_and_a_drain_moves_the_address() {
     };
     assert_eq!(answerable.status, "False", "{answerable:?}");
     assert_eq!(answerable.reason, "NoNodeCanAnswer");
+    // What the README prints works with the real kubectl.
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&lab.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let described = kubectl(&["describe", "addresspool", "far"]);
+    assert!(
+        described.contains("Answerable") && described.contains("NoNodeCanAnswer"),
+        "{described}"
+    );
+    let leases = kubectl(&["get", "leases", "-n", "routelb-system"]);
+    assert!(
+        (1..=3).all(|i| leases.contains(&format!("routelb-node-node-{i}"))),
+        "{leases}"
+    );
 
     // Cluster policy: cordoning the holder (kubectl drain) moves the address first.
     lab.create_service_with("l2drain", json!({"routelb.io/pool": "lan"}), json!({}))
