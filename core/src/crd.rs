@@ -390,6 +390,88 @@ pub struct RouterConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 5, max = 255))]
     pub route_protocol: Option<u8>,
+    /// Which kinds of Service address the nodes announce: LoadBalancer addresses (on by
+    /// default), `spec.externalIPs` and cluster IPs (off by default). A Service's
+    /// `routelb.io/advertise-*` annotations override these defaults either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<AdvertiseSpec>,
+}
+
+/// The kinds of Service address a RouterConfig's nodes announce.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct AdvertiseSpec {
+    /// `status.loadBalancer.ingress` of the Services routelb handles (default: on).
+    #[serde(
+        default,
+        rename = "loadBalancerIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub load_balancer_ips: Option<LoadBalancerIpsSpec>,
+    /// `spec.externalIPs` of any Service (default: off). Any user who can create a
+    /// Service chooses these (CVE-2020-8554): only addresses inside `cidrs` are announced.
+    #[serde(
+        default,
+        rename = "externalIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub external_ips: Option<ExternalIpsSpec>,
+    /// `spec.clusterIPs` of any Service (default: off), so routers reach them directly.
+    #[serde(
+        default,
+        rename = "clusterIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cluster_ips: Option<ClusterIpsSpec>,
+}
+
+/// Announcing LoadBalancer addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIpsSpec {
+    /// Default for Services without `routelb.io/advertise-loadbalancer-ips` (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// Announcing `spec.externalIPs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.enabled) || !self.enabled || (has(self.cidrs) && size(self.cidrs) > 0)").message("externalIPs.enabled needs cidrs: the CIDRs from which Services' externalIPs may be announced"))]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalIpsSpec {
+    /// Default for Services without `routelb.io/advertise-external-ips` (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The only CIDRs externalIPs are announced from (e.g. `192.0.2.0/24`); an externalIP
+    /// outside them is not announced, with a Warning Event on its Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 43)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("cidrs must be CIDRs such as 192.0.2.0/24 or 2001:db8::/64"))]
+    pub cidrs: Vec<String>,
+}
+
+/// Announcing cluster IPs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!((has(self.enabled) && self.enabled) || (has(self.aggregate) && self.aggregate)) || (has(self.cidrs) && size(self.cidrs) > 0)").message("clusterIPs.enabled and clusterIPs.aggregate need cidrs: the cluster's service CIDRs (kube-apiserver --service-cluster-ip-range)"))]
+#[x_kube(crates(kube_core = "::kube_core"))]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterIpsSpec {
+    /// Default for Services without `routelb.io/advertise-cluster-ips` (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The cluster's service CIDRs (kube-apiserver `--service-cluster-ip-range`). Cluster
+    /// IPs outside them are not announced; the routing templates match on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(max = 43)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("cidrs must be CIDRs such as 10.96.0.0/12 or fd00:10:96::/112"))]
+    pub cidrs: Vec<String>,
+    /// Announce each service CIDR as one prefix instead of one route per cluster IP; a
+    /// Service with `internalTrafficPolicy: Local` still gets its own host route from the
+    /// nodes with a ready endpoint (the more specific route wins at the routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<bool>,
 }
 
 /// The CustomResourceDefinitions of every routelb resource.
@@ -507,6 +589,34 @@ mod tests {
         assert!(err.contains("routerID must be an IPv4 address"), "{err}");
         let err = cel(&router("192.0.2.10", 254)).unwrap_err();
         assert!(err.contains("must not be the kernel's default"), "{err}");
+
+        let advertise = |v: serde_json::Value| {
+            let mut rc = router("192.0.2.10", 200);
+            rc.spec.advertise = Some(serde_json::from_value(v).unwrap());
+            cel(&rc)
+        };
+        assert_eq!(
+            advertise(serde_json::json!({
+                "loadBalancerIPs": {"enabled": false},
+                "externalIPs": {"enabled": true, "cidrs": ["192.0.2.0/24", "2001:db8::/64"]},
+                "clusterIPs": {"enabled": true, "aggregate": true, "cidrs": ["198.51.100.0/24"]}
+            })),
+            Ok(())
+        );
+        assert_eq!(
+            advertise(serde_json::json!({"externalIPs": {"cidrs": ["192.0.2.0/24"]}})),
+            Ok(()),
+            "CIDRs without enabled: only Services whose annotation asks"
+        );
+        let err = advertise(serde_json::json!({"externalIPs": {"enabled": true}})).unwrap_err();
+        assert!(err.contains("externalIPs.enabled needs cidrs"), "{err}");
+        let err = advertise(serde_json::json!({"clusterIPs": {"aggregate": true}})).unwrap_err();
+        assert!(err.contains("--service-cluster-ip-range"), "{err}");
+        let err = advertise(
+            serde_json::json!({"externalIPs": {"enabled": true, "cidrs": ["192.0.2.0/33"]}}),
+        )
+        .unwrap_err();
+        assert!(err.contains("cidrs must be CIDRs"), "{err}");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! - [`ipam`]: pools and the O(log n) allocation index.
 //! - [`allocation`]: the allocator's decisions (Service status, Events, pool status).
 //! - [`node`]: what one node announces, from Services, EndpointSlices, its Node, pools.
+//! - [`advertise`]: which kinds of Service address (LoadBalancer, external, cluster) it announces.
 //! - [`l2`]: local (L2) pools: which node answers ARP/NDP for each address.
 //! - [`net`]: the kernel vocabulary, the kernel contract and the dataplane plan.
 //! - [`routing`]: which RouterConfig governs a node, the template context, rendering.
 //! - [`index`]: feeding watches into the components' state, relists included.
 //! - [`report`]: the objects Events are about, and reporting a problem once.
 
+pub mod advertise;
 pub mod allocation;
 pub mod crd;
 mod fuzz;

@@ -63,6 +63,36 @@ impl Prefix {
         Prefix { addr, len }
     }
 
+    /// Whether `addr` lies in the prefix (same family, same leading `len` bits).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.addr.is_ipv4() && Prefix::network(addr, self.len).addr == self.addr
+    }
+
+    /// Parses a CIDR (`198.51.100.0/24`, `2001:db8::/64`); a bare address is a host prefix.
+    /// Host bits must be clear, so that what is written is what is matched.
+    pub fn parse_cidr(s: &str) -> Result<Prefix, String> {
+        let s = s.trim();
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not a CIDR: {addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| {
+                format!("{s:?} is not a CIDR: prefix length {l:?} is not 0 to {max}")
+            })?,
+        };
+        let prefix = Prefix::network(addr, len);
+        if prefix.addr != addr {
+            return Err(format!("{s:?} has host bits set: write {prefix}"));
+        }
+        Ok(prefix)
+    }
+
     /// An IPv6 link-local prefix (fe80::/10): the kernel's own, never routelb's.
     pub fn is_link_local(&self) -> bool {
         match self.addr {
@@ -438,6 +468,30 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs_parse_strictly_and_contain_their_addresses() {
+        let p = Prefix::parse_cidr("198.51.100.0/24").unwrap();
+        assert!(p.contains(ip("198.51.100.255")));
+        assert!(!p.contains(ip("198.51.101.0")));
+        assert!(!p.contains(ip("::ffff:198.51.100.1")), "families never mix");
+        let v6 = Prefix::parse_cidr(" 2001:db8:1::/48 ").unwrap();
+        assert!(v6.contains(ip("2001:db8:1:ffff::1")));
+        assert!(!v6.contains(ip("2001:db8:2::1")));
+        assert_eq!(
+            Prefix::parse_cidr("192.0.2.7").unwrap(),
+            Prefix::host(ip("192.0.2.7"))
+        );
+        assert!(
+            Prefix::parse_cidr("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("203.0.113.1"))
+        );
+        let err = |s| Prefix::parse_cidr(s).unwrap_err();
+        assert!(err("198.51.100.1/24").contains("write 198.51.100.0/24"));
+        assert!(err("198.51.100.0/33").contains("0 to 32"));
+        assert!(err("example/24").contains("not an IP address"));
     }
 
     fn link(index: u32, name: &str) -> Link {

@@ -128,7 +128,7 @@ pub struct Parsed {
     pub uses_load_balancer_ip: bool,
 }
 
-fn annotation<'a>(
+pub(crate) fn annotation<'a>(
     annotations: &'a BTreeMap<String, String>,
     primary: &'static str,
     aliases: &[&'static str],

@@ -31,7 +31,8 @@ use routelb_core::crd::{AddressPool, BGPPeer, RouterConfig};
 use routelb_core::index::{Both, Feed};
 use routelb_core::l2::{L2Model, LEASE_LABEL};
 use routelb_core::net::{KernelContract, LinkKind, NodeState, VipMode};
-use routelb_core::node::{Change, Decision, Model};
+use routelb_core::advertise::{Advertise, Kind};
+use routelb_core::node::{Announced, Change, Decision, Model};
 use routelb_core::report::{Once, Regarding};
 use routelb_core::routing::ContractFlags;
 use tokio::sync::watch;
@@ -123,49 +124,87 @@ impl Feeds {
     }
 }
 
-fn addresses(d: &Decision) -> Vec<IpAddr> {
-    match d {
-        Decision::Announce(a) => a.iter().map(|(ip, _)| *ip).collect(),
-        Decision::Withhold(_) => Vec::new(),
-    }
+/// What of a decision deserves Events: every announced address but cluster IPs switched
+/// on for the whole node group (one Event per Service and node would flood the cluster).
+fn shown(d: Option<&Decision>) -> Vec<&Announced> {
+    d.map(|d| {
+        d.announce
+            .iter()
+            .filter(|a| a.kind != Kind::Cluster || d.cluster_asked)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
-fn list(ips: &[IpAddr]) -> String {
-    ips.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+/// An address as Events name it: LoadBalancer addresses bare, the other kinds tagged.
+fn label(a: &Announced) -> String {
+    match a.kind {
+        Kind::LoadBalancer => a.addr.to_string(),
+        kind => format!("{} ({kind})", a.addr),
+    }
 }
 
 /// The Event a change deserves, if any: (reason, note).
-fn describe(node: &str, c: &Change, table: u32) -> Option<(&'static str, String)> {
-    let before = c.before.as_ref().filter(|d| d.announces());
-    let after = c.after.as_ref().filter(|d| d.announces());
-    match (before, after, &c.after) {
-        (_, Some(Decision::Announce(now)), _) if before != after => {
-            let prefixes: Vec<String> = now.iter().map(|(_, p)| p.to_string()).collect();
-            Some((
-                "Announcing",
-                format!(
-                    "node {node} announces {} (routes {} in table {table})",
-                    list(&addresses(after.expect("announcing"))),
-                    prefixes.join(", ")
-                ),
-            ))
-        }
-        (Some(b), None, Some(Decision::Withhold(why))) => Some((
-            "Withdrawn",
-            format!("node {node} withdrew {}: {why}", list(&addresses(b))),
-        )),
-        (Some(b), None, None) => Some((
-            "Withdrawn",
-            format!(
-                "node {node} withdrew {}: the Service no longer has routelb addresses",
-                list(&addresses(b))
-            ),
-        )),
-        _ => None,
+fn describe(node: &str, c: &Change, table: u32, adv: &Advertise) -> Option<(&'static str, String)> {
+    let before = shown(c.before.as_ref());
+    let after = shown(c.after.as_ref());
+    let key = |a: &&Announced| (a.kind, a.addr, a.prefix);
+    if before.iter().map(key).eq(after.iter().map(key)) {
+        return None;
     }
+    let gone: Vec<&Announced> = before
+        .iter()
+        .filter(|b| !after.iter().any(|a| a.kind == b.kind && a.addr == b.addr))
+        .copied()
+        .collect();
+    let why = |a: &Announced| match c.after.as_ref().and_then(|d| d.why_not(a.kind, a.addr)) {
+        Some(why) => why.to_string(),
+        None if a.kind == Kind::LoadBalancer => {
+            "the Service no longer has routelb addresses".to_string()
+        }
+        None => format!(
+            "the Service no longer has it, or its {}s are switched off ({})",
+            a.kind,
+            adv.setting(
+                a.kind,
+                ".enabled",
+                if adv.enabled[a.kind.idx()] { "is true" } else { "is false" }
+            )
+        ),
+    };
+    // Withdrawn addresses grouped by reason, in order.
+    let mut withdrawn: Vec<(String, Vec<String>)> = Vec::new();
+    for a in &gone {
+        let w = why(a);
+        match withdrawn.iter_mut().find(|(r, _)| *r == w) {
+            Some((_, list)) => list.push(label(a)),
+            None => withdrawn.push((w, vec![label(a)])),
+        }
+    }
+    let withdrawn: Vec<String> = withdrawn
+        .into_iter()
+        .map(|(why, list)| format!("withdrew {}: {why}", list.join(", ")))
+        .collect();
+    if after.is_empty() {
+        return Some(("Withdrawn", format!("node {node} {}", withdrawn.join("; "))));
+    }
+    let mut prefixes: Vec<String> = Vec::new();
+    for a in &after {
+        let p = a.prefix.to_string();
+        if !prefixes.contains(&p) {
+            prefixes.push(p);
+        }
+    }
+    let mut note = format!(
+        "node {node} announces {} (routes {} in table {table})",
+        after.iter().map(|a| label(a)).collect::<Vec<_>>().join(", "),
+        prefixes.join(", ")
+    );
+    for w in withdrawn {
+        note.push_str("; ");
+        note.push_str(&w);
+    }
+    Some(("Announcing", note))
 }
 
 /// The agent's state between inputs.
@@ -468,11 +507,47 @@ impl Agent {
                 note,
             });
         }
+        self.readvertise(router.as_deref());
         self.plan.send_replace(Plan {
             router,
             contract,
             generation: current.generation + 1,
         });
+    }
+
+    /// Takes the governing RouterConfig's `spec.advertise` into the model: the Services
+    /// whose decision changes are announced or withdrawn on the next pass.
+    fn readvertise(&mut self, router: Option<&RouterConfig>) {
+        let node = self.opts.node_name.clone();
+        let adv = match router {
+            Some(rc) => {
+                let name = rc.name_any();
+                let (adv, problems) = Advertise::from_spec(&name, &rc.spec);
+                for p in problems {
+                    self.warn(Regarding::router_config(&name), "InvalidAdvertise", p);
+                }
+                adv
+            }
+            None => Advertise::default(),
+        };
+        if &adv == self.model.advertise() {
+            return;
+        }
+        let first = self.state.is_none();
+        let note = format!("node {node} announces {}", adv.summary());
+        tracing::info!(node = %node, advertise = %adv.summary(), "what the node announces by default");
+        let changes = self.model.set_advertise(adv);
+        self.pending.extend(changes);
+        // The defaults at start are news only when they differ from routelb's defaults.
+        if !first || self.model.advertise() != &Advertise::default() {
+            self.publisher.publish(Note {
+                regarding: Regarding::node(&node),
+                warning: false,
+                reason: "AdvertiseChanged".into(),
+                action: "Announce".into(),
+                note,
+            });
+        }
     }
 
     /// The contracts to program: those the daemon may read, then the planned one.
@@ -520,13 +595,19 @@ impl Agent {
         let table = self.plan.borrow().contract.table;
         let adopted = self.adopted.take().unwrap_or_default();
         for c in std::mem::take(&mut self.pending) {
+            self.warn_service(&c);
             // On start, what the kernel already had is no news.
-            if let Some(Decision::Announce(a)) = &c.after
-                && a.iter().all(|(ip, _)| adopted.contains(ip))
+            if let Some(d) = &c.after
+                && d.announces()
+                && d
+                    .announce
+                    .iter()
+                    .all(|a| !a.on_interface || adopted.contains(&a.addr))
             {
                 continue;
             }
-            let Some((reason, note)) = describe(&self.opts.node_name, &c, table) else {
+            let adv = self.model.advertise();
+            let Some((reason, note)) = describe(&self.opts.node_name, &c, table, adv) else {
                 continue;
             };
             self.publisher.publish(Note {
@@ -539,6 +620,23 @@ impl Agent {
         }
         // Only the first pass compares with what an earlier run left.
         self.adopted = Some(BTreeSet::new());
+    }
+
+    /// Warning Events for the problems a Service's new decision brings (bad annotations,
+    /// externalIPs or cluster IPs outside the allowed CIDRs): each once, when it appears.
+    fn warn_service(&self, c: &Change) {
+        let Some(after) = &c.after else { return };
+        let before: &[(&'static str, String)] = c.before.as_ref().map_or(&[], |d| &d.warnings);
+        for (reason, note) in after.warnings.iter().filter(|w| !before.contains(w)) {
+            tracing::warn!(service = %format!("{}/{}", c.key.namespace, c.key.name), reason, "{note}");
+            self.publisher.publish(Note {
+                regarding: Regarding::service_key(&c.key).with_uid(c.uid.clone()),
+                warning: true,
+                reason: (*reason).into(),
+                action: "Announce".into(),
+                note: note.clone(),
+            });
+        }
     }
 
     fn report_health(&self, health: &Health, routing: &std::sync::Mutex<routing::RoutingStatus>) {
@@ -574,6 +672,14 @@ impl Agent {
         // Ready once synced and the kernel has been reconciled once (errors are in the detail).
         health.set(status.reconciles > 0, detail);
         publish_metrics(self.state.as_ref(), &status, routing, dropped);
+        for kind in Kind::ALL {
+            crate::metrics::METRICS.set(
+                "routelb_announced_service_addresses",
+                "Service addresses this node announces, by kind (loadbalancer, external, cluster).",
+                &[("kind", kind.label())],
+                self.model.announced_by_kind()[kind.idx()] as f64,
+            );
+        }
     }
 }
 

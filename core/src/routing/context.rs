@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::advertise::{Advertise, Kind};
 use crate::crd::{
     AddressPoolSpec, AggregationLength, BGPPeerSpec, Daemon, PoolMode, RouterConfigSpec,
     SecretKeyRef,
@@ -41,6 +42,66 @@ pub struct Context {
     pub peers: Vec<PeerCtx>,
     /// Routed pools, in name order.
     pub pools: Vec<PoolCtx>,
+    /// Which kinds of Service address the node announces, and the CIDRs that tell a
+    /// prefix's kind (RouterConfig `spec.advertise`). Absent from a context written
+    /// before it existed: routelb's defaults (LoadBalancer addresses only).
+    #[serde(default)]
+    pub advertise: AdvertiseCtx,
+}
+
+/// The kinds of Service address, as a template sees them. Services' annotations switch
+/// kinds on or off one by one, so `enabled` is only the default: a template matching
+/// prefixes should match on the CIDRs whatever `enabled` says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertiseCtx {
+    /// LoadBalancer addresses by default (their prefixes are the pools').
+    pub load_balancer_ips: bool,
+    pub external_ips: KindCtx,
+    pub cluster_ips: KindCtx,
+}
+
+/// One kind of Service address: externalIPs or cluster IPs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCtx {
+    /// Announced by default.
+    pub enabled: bool,
+    /// Cluster IPs: the CIDRs themselves are announced, not one route per address
+    /// (Services with `internalTrafficPolicy: Local` still get host routes).
+    pub aggregate: bool,
+    /// The CIDRs addresses of this kind are announced from, per family.
+    pub prefixes4: Vec<String>,
+    pub prefixes6: Vec<String>,
+}
+
+impl Default for AdvertiseCtx {
+    fn default() -> AdvertiseCtx {
+        AdvertiseCtx::of(&Advertise::default())
+    }
+}
+
+impl AdvertiseCtx {
+    fn of(adv: &Advertise) -> AdvertiseCtx {
+        let kind = |k: Kind| {
+            let family = |v4: bool| {
+                adv.cidrs(k)
+                    .iter()
+                    .filter(|p| p.addr.is_ipv4() == v4)
+                    .map(ToString::to_string)
+                    .collect()
+            };
+            KindCtx {
+                enabled: adv.enabled[k.idx()],
+                aggregate: k == Kind::Cluster && adv.aggregate,
+                prefixes4: family(true),
+                prefixes6: family(false),
+            }
+        };
+        AdvertiseCtx {
+            load_balancer_ips: adv.enabled[Kind::LoadBalancer.idx()],
+            external_ips: kind(Kind::External),
+            cluster_ips: kind(Kind::Cluster),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +412,7 @@ pub fn build(inputs: &Inputs) -> Result<Built, ContextError> {
         },
         peers: ctx_peers,
         pools: ctx_pools,
+        advertise: AdvertiseCtx::of(&Advertise::from_spec(rc_name, rc).0),
     };
     Ok(Built {
         context,
