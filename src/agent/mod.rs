@@ -27,11 +27,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
+use routelb_core::advertise::{Advertise, Kind};
 use routelb_core::crd::{AddressPool, BGPPeer, RouterConfig};
 use routelb_core::index::{Both, Feed};
 use routelb_core::l2::{L2Model, LEASE_LABEL};
 use routelb_core::net::{KernelContract, LinkKind, NodeState, VipMode};
-use routelb_core::advertise::{Advertise, Kind};
 use routelb_core::node::{Announced, Change, Decision, Model};
 use routelb_core::report::{Once, Regarding};
 use routelb_core::routing::ContractFlags;
@@ -168,7 +168,11 @@ fn describe(node: &str, c: &Change, table: u32, adv: &Advertise) -> Option<(&'st
             adv.setting(
                 a.kind,
                 ".enabled",
-                if adv.enabled[a.kind.idx()] { "is true" } else { "is false" }
+                if adv.enabled[a.kind.idx()] {
+                    "is true"
+                } else {
+                    "is false"
+                }
             )
         ),
     };
@@ -197,7 +201,11 @@ fn describe(node: &str, c: &Change, table: u32, adv: &Advertise) -> Option<(&'st
     }
     let mut note = format!(
         "node {node} announces {} (routes {} in table {table})",
-        after.iter().map(|a| label(a)).collect::<Vec<_>>().join(", "),
+        after
+            .iter()
+            .map(|a| label(a))
+            .collect::<Vec<_>>()
+            .join(", "),
         prefixes.join(", ")
     );
     for w in withdrawn {
@@ -599,8 +607,7 @@ impl Agent {
             // On start, what the kernel already had is no news.
             if let Some(d) = &c.after
                 && d.announces()
-                && d
-                    .announce
+                && d.announce
                     .iter()
                     .all(|a| !a.on_interface || adopted.contains(&a.addr))
             {

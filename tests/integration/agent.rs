@@ -358,3 +358,237 @@ async fn api_server_outage_keeps_the_kernel_then_converges() {
     n1.wait("203.0.113.61", true).await;
     n1.wait("203.0.113.60", false).await;
 }
+
+/// Creates or replaces a RouterConfig selecting every node.
+async fn router_config(c: &Cluster, name: &str, advertise: serde_json::Value) {
+    use routelb_core::crd::RouterConfig;
+    let api: kube::Api<RouterConfig> = kube::Api::all(c.client.clone());
+    let rc: RouterConfig = serde_json::from_value(json!({
+        "apiVersion": "routelb.io/v1alpha1", "kind": "RouterConfig",
+        "metadata": {"name": name},
+        "spec": {"asn": 64512, "advertise": advertise}
+    }))
+    .unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&rc),
+    )
+    .await
+    .unwrap();
+}
+
+impl NodeUnderTest {
+    fn on_interface(&self, ip: &str) -> bool {
+        self.ns
+            .ip(&["addr", "show", "dev", "kube-lb0"])
+            .contains(&format!("{ip}/"))
+    }
+
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, text) = http_get(self.health, "/metrics").await;
+        metric(&text, name, labels)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_and_cluster_ips_follow_router_config_annotations_and_policies() {
+    let c = Cluster::new().await;
+    let n1 = NodeUnderTest::start(&c, "node-1").await;
+    let n2 = NodeUnderTest::start(&c, "node-2").await;
+    router_config(
+        &c,
+        "all",
+        json!({
+            "externalIPs": {"enabled": true, "cidrs": ["192.0.2.0/25"]},
+            "clusterIPs": {"cidrs": ["198.51.100.0/24", "2001:db8:96::/112"]}
+        }),
+    )
+    .await;
+    // A plain ClusterIP Service: its externalIP inside the allowed CIDRs is announced
+    // everywhere, the one outside nowhere (with a Warning naming the list to change),
+    // its cluster IPs not at all (off by default).
+    c.service(
+        NS,
+        "ext",
+        json!({"spec": {"type": "ClusterIP", "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"],
+            "clusterIPs": ["198.51.100.10", "2001:db8:96::10"], "externalIPs": ["192.0.2.10", "192.0.2.200"]}}),
+    )
+    .await;
+    for n in [&n1, &n2] {
+        n.wait("192.0.2.10", true).await;
+    }
+    let warning = c
+        .wait_event(NS, "ext", "ExternalIPNotAllowed", "externalIP 192.0.2.200")
+        .await;
+    assert!(
+        warning.contains("RouterConfig all spec.advertise.externalIPs.cidrs [192.0.2.0/25]"),
+        "{warning}"
+    );
+    c.wait_event(
+        NS,
+        "ext",
+        "Announcing",
+        "node node-1 announces 192.0.2.10 (externalIP) (routes 192.0.2.10/32 in table 200)",
+    )
+    .await;
+    assert!(!n1.announces("192.0.2.200") && !n1.announces("198.51.100.10"));
+    assert_eq!(
+        n1.metric(
+            "routelb_announced_service_addresses",
+            &[("kind", "external")]
+        )
+        .await,
+        Some(1.0)
+    );
+
+    // The Service asks for its cluster IPs (kube-router's annotation), both families.
+    let annotate = |k: &str, v: &str| json!({"metadata": {"annotations": {k: v}}});
+    c.services(NS)
+        .patch(
+            "ext",
+            &PatchParams::default(),
+            &Patch::Merge(annotate(
+                "kube-router.io/service.advertise.clusterip",
+                "true",
+            )),
+        )
+        .await
+        .unwrap();
+    for n in [&n1, &n2] {
+        n.wait("198.51.100.10", true).await;
+        n.wait("2001:db8:96::10", true).await;
+    }
+    c.wait_event(NS, "ext", "Announcing", "198.51.100.10 (cluster IP)")
+        .await;
+    // Switched off by its own annotation: withdrawn everywhere, saying why.
+    c.services(NS)
+        .patch(
+            "ext",
+            &PatchParams::default(),
+            &Patch::Merge(annotate("routelb.io/advertise-external-ips", "false")),
+        )
+        .await
+        .unwrap();
+    for n in [&n1, &n2] {
+        n.wait("192.0.2.10", false).await;
+    }
+    assert!(n1.announces("198.51.100.10"), "the cluster IP stays");
+    c.wait_event(
+        NS,
+        "ext",
+        "Announcing",
+        "withdrew 192.0.2.10 (externalIP): annotation routelb.io/advertise-external-ips is \"false\"",
+    )
+    .await;
+
+    // internalTrafficPolicy Local: the cluster IP only from the node with an endpoint.
+    c.service(
+        NS,
+        "itp",
+        json!({"metadata": {"annotations": {"routelb.io/advertise-cluster-ips": "true"}},
+               "spec": {"type": "ClusterIP", "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"],
+                        "clusterIPs": ["198.51.100.20"], "internalTrafficPolicy": "Local"}}),
+    )
+    .await;
+    // externalTrafficPolicy Local: the externalIP only from the node with an endpoint.
+    c.service(
+        NS,
+        "etp",
+        json!({"spec": {"type": "NodePort", "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"],
+                        "clusterIPs": ["198.51.100.21"], "externalIPs": ["192.0.2.30"],
+                        "externalTrafficPolicy": "Local"}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in [&n1, &n2] {
+        assert!(!n.announces("198.51.100.20") && !n.announces("192.0.2.30"));
+    }
+    c.endpoints(NS, "itp", "itp-a", &[("node-2", true)]).await;
+    c.endpoints(NS, "etp", "etp-a", &[("node-1", true)]).await;
+    n2.wait("198.51.100.20", true).await;
+    n1.wait("192.0.2.30", true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!n1.announces("198.51.100.20") && !n2.announces("192.0.2.30"));
+    c.endpoints(NS, "itp", "itp-a", &[("node-2", false)]).await;
+    n2.wait("198.51.100.20", false).await;
+    c.wait_event(
+        NS,
+        "itp",
+        "Withdrawn",
+        "node node-2 withdrew 198.51.100.20 (cluster IP): internalTrafficPolicy is Local",
+    )
+    .await;
+    c.endpoints(NS, "itp", "itp-a", &[("node-2", true)]).await;
+    n2.wait("198.51.100.20", true).await;
+
+    // Cluster IPs on for the node group, as the service CIDR: one aggregate route from
+    // every node, no per-Service address on kube-lb0, the Local Service's host route
+    // still from node-2 only, annotated ones unchanged.
+    router_config(
+        &c,
+        "all",
+        json!({
+            "externalIPs": {"enabled": true, "cidrs": ["192.0.2.0/25"]},
+            "clusterIPs": {"enabled": true, "aggregate": true, "cidrs": ["198.51.100.0/24"]}
+        }),
+    )
+    .await;
+    for n in [&n1, &n2] {
+        eventually(&format!("{} routes the service CIDR", n.name), || async {
+            let r = n.routes();
+            (r.contains("198.51.100.0/24 dev kube-lb0 proto 249")
+                && !r.contains("198.51.100.10 ")
+                && !r.contains("198.51.100.21 "))
+            .then_some(())
+        })
+        .await;
+        assert!(!n.on_interface("198.51.100.21") && !n.on_interface("198.51.100.10"));
+        assert!(
+            !n.routes().contains("2001:db8:96::10"),
+            "the IPv6 cluster IP is outside the CIDRs now"
+        );
+    }
+    assert!(n2.announces("198.51.100.20") && !n1.announces("198.51.100.20"));
+    c.wait_event(
+        NS,
+        "ext",
+        "ClusterIPOutsideCIDRs",
+        "cluster IP 2001:db8:96::10 is not announced",
+    )
+    .await;
+    assert_eq!(
+        n2.metric(
+            "routelb_announced_service_addresses",
+            &[("kind", "cluster")]
+        )
+        .await,
+        Some(3.0),
+        "198.51.100.10, .20 and .21"
+    );
+
+    // Off again for the group: the aggregate goes; the annotated Services keep theirs.
+    router_config(
+        &c,
+        "all",
+        json!({"externalIPs": {"enabled": false}, "clusterIPs": {"enabled": false, "aggregate": false, "cidrs": ["198.51.100.0/24"]}}),
+    )
+    .await;
+    for n in [&n1, &n2] {
+        eventually(&format!("{} drops the aggregate", n.name), || async {
+            (!n.routes().contains("198.51.100.0/24")).then_some(())
+        })
+        .await;
+        n.wait("198.51.100.10", true).await;
+        // externalIPs are off by default again: the NodePort's goes.
+        n.wait("192.0.2.30", false).await;
+    }
+    // The Service goes: everything it had goes.
+    c.services(NS)
+        .delete("ext", &DeleteParams::default())
+        .await
+        .unwrap();
+    for n in [&n1, &n2] {
+        n.wait("198.51.100.10", false).await;
+    }
+}
