@@ -75,6 +75,7 @@ fn desired(n: u32) -> Desired {
     Desired {
         prefixes: addresses.iter().map(|a| Prefix::host(*a)).collect(),
         addresses,
+        blackholes: Default::default(),
     }
 }
 

@@ -73,6 +73,15 @@ impl Kind {
         }
     }
 
+    /// The kind's name in the plural, for messages.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::LoadBalancer => "LoadBalancer addresses",
+            Kind::External => "externalIPs",
+            Kind::Cluster => "cluster IPs",
+        }
+    }
+
     pub fn idx(self) -> usize {
         self as usize
     }
@@ -202,7 +211,7 @@ impl Advertise {
         let mut parts = Vec::new();
         for kind in Kind::ALL {
             let on = self.enabled[kind.idx()];
-            let mut s = format!("{}s {}", kind, if on { "on" } else { "off" });
+            let mut s = format!("{} {}", kind.plural(), if on { "on" } else { "off" });
             if !self.cidrs(kind).is_empty() {
                 s.push_str(&format!(" (within {})", list(self.cidrs(kind))));
             }

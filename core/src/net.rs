@@ -116,6 +116,9 @@ pub struct Route {
     pub protocol: u8,
     /// `local` (accept for this host) rather than unicast.
     pub local: bool,
+    /// `blackhole` (no device): an aggregate announced as a whole, such as a service
+    /// CIDR. Not tied to an interface, so the kernel never drops it with one's addresses.
+    pub blackhole: bool,
     pub oif: Option<u32>,
 }
 
@@ -159,7 +162,11 @@ pub enum Op {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let route = |f: &mut fmt::Formatter<'_>, verb: &str, r: &Route| {
-            let kind = if r.local { "local " } else { "" };
+            let kind = match (r.local, r.blackhole) {
+                (true, _) => "local ",
+                (_, true) => "blackhole ",
+                _ => "",
+            };
             write!(
                 f,
                 "{verb} {kind}route {} table {} proto {}",
@@ -277,6 +284,10 @@ pub struct NodeState {
     pub addresses: BTreeSet<IpAddr>,
     /// Prefixes routed to kube-lb0 in the routelb table, for the routing daemon.
     pub prefixes: BTreeSet<Prefix>,
+    /// Prefixes announced as a whole without addresses of their own (cluster IPs as
+    /// their service CIDR): `blackhole` routes in the routelb table. The service proxy
+    /// takes the packets for the cluster IPs in use before routing; the rest are dropped.
+    pub blackholes: BTreeSet<Prefix>,
 }
 
 /// What the kernel has that routelb owns under one contract.
@@ -369,6 +380,7 @@ pub fn plan(vip_mode: VipMode, keep: &[Target], drop: &[Target], state: &NodeSta
                         table: TABLE_LOCAL,
                         protocol: t.contract.protocol,
                         local: true,
+                        blackhole: false,
                         oif,
                     };
                     want_local.entry(r.slot()).or_insert(r);
@@ -381,7 +393,19 @@ pub fn plan(vip_mode: VipMode, keep: &[Target], drop: &[Target], state: &NodeSta
                 table: t.contract.table,
                 protocol: t.contract.protocol,
                 local: false,
+                blackhole: false,
                 oif,
+            };
+            want_routes.entry(r.slot()).or_insert(r);
+        }
+        for p in &state.blackholes {
+            let r = Route {
+                dst: Prefix::network(p.addr, p.len),
+                table: t.contract.table,
+                protocol: t.contract.protocol,
+                local: false,
+                blackhole: true,
+                oif: None,
             };
             want_routes.entry(r.slot()).or_insert(r);
         }
@@ -457,6 +481,27 @@ pub fn plan(vip_mode: VipMode, keep: &[Target], drop: &[Target], state: &NodeSta
             .filter(|(_, p)| !added.contains(p))
             .map(|a| addr_op(false, *a)),
     );
+    // Linux drops every IPv4 route through a device when its last IPv4 address goes,
+    // and says nothing (no RTM_DELROUTE): the routing daemon would lose an aggregate
+    // or keep announcing it (FRR's zebra then misses its later removal). Routes still
+    // wanted through such a device are put back once its addresses are gone.
+    let v4_left = |index: u32| {
+        want_addrs
+            .iter()
+            .any(|(i, p)| *i == index && p.addr.is_ipv4())
+    };
+    let emptied: BTreeSet<u32> = have_addrs
+        .difference(&want_addrs)
+        .filter(|(i, p)| p.addr.is_ipv4() && !v4_left(*i))
+        .map(|(i, _)| *i)
+        .collect();
+    removes.extend(
+        want_routes
+            .values()
+            .chain(want_local.values())
+            .filter(|r| r.dst.addr.is_ipv4() && r.oif.is_some_and(|o| emptied.contains(&o)))
+            .map(|r| Op::RouteReplace(*r)),
+    );
     adds.extend(replaces);
     adds.extend(removes);
     adds
@@ -509,6 +554,7 @@ mod tests {
             table,
             protocol,
             local: table == TABLE_LOCAL,
+            blackhole: false,
             oif: Some(oif),
         }
     }
@@ -570,6 +616,7 @@ mod tests {
                 Prefix::host(ip("2001:db8::10")),
             ]
             .into(),
+            blackholes: Default::default(),
         };
         let observed = Observed {
             addresses: [
@@ -609,12 +656,66 @@ mod tests {
     }
 
     #[test]
+    fn routes_are_put_back_when_the_last_ipv4_address_leaves_their_device() {
+        let contract = KernelContract::default();
+        let l = link(7, "kube-lb0");
+        // An aggregate without an address of its own (cluster IPs as the service CIDR)
+        // stays while the last address on the device goes.
+        let state = NodeState {
+            addresses: [ip("2001:db8::10")].into(),
+            prefixes: [
+                Prefix::new(ip("198.51.100.0"), 24),
+                Prefix::host(ip("2001:db8::10")),
+            ]
+            .into(),
+            blackholes: Default::default(),
+        };
+        let observed = Observed {
+            addresses: [
+                Prefix::host(ip("198.51.100.7")),
+                Prefix::host(ip("2001:db8::10")),
+            ]
+            .into(),
+            routes: [
+                route("198.51.100.0", 24, 200, 249, 7),
+                route("198.51.100.7", 32, 200, 249, 7),
+                route("2001:db8::10", 128, 200, 249, 7),
+            ]
+            .into(),
+            local_routes: BTreeSet::new(),
+        };
+        let keep = [target(&contract, &l, &observed)];
+        assert_eq!(
+            ops(plan(VipMode::Address, &keep, &[], &state)),
+            [
+                "remove route 198.51.100.7/32 table 200 proto 249",
+                "remove 198.51.100.7/32 from kube-lb0",
+                "replace route 198.51.100.0/24 table 200 proto 249",
+            ]
+        );
+        // Another IPv4 address stays: the kernel keeps the routes, nothing is put back.
+        let mut two = observed.clone();
+        two.addresses.insert(Prefix::host(ip("198.51.100.8")));
+        let state = NodeState {
+            addresses: [ip("198.51.100.8"), ip("2001:db8::10")].into(),
+            ..state
+        };
+        let keep = [target(&contract, &l, &two)];
+        assert!(
+            !ops(plan(VipMode::Address, &keep, &[], &state))
+                .iter()
+                .any(|o| o.starts_with("replace"))
+        );
+    }
+
+    #[test]
     fn local_route_mode_uses_local_routes_instead_of_addresses() {
         let contract = KernelContract::default();
         let l = link(7, "kube-lb0");
         let state = NodeState {
             addresses: [ip("203.0.113.10")].into(),
             prefixes: BTreeSet::new(),
+            blackholes: Default::default(),
         };
         let observed = Observed {
             addresses: [Prefix::host(ip("203.0.113.10"))].into(),
@@ -625,7 +726,9 @@ mod tests {
             ops(plan(VipMode::LocalRoute, &keep, &[], &state)),
             [
                 "add local route 203.0.113.10/32 table 255 proto 249",
-                "remove 203.0.113.10/32 from kube-lb0"
+                "remove 203.0.113.10/32 from kube-lb0",
+                // The kernel took the local route along with kube-lb0's last address.
+                "replace local route 203.0.113.10/32 table 255 proto 249",
             ]
         );
     }
@@ -641,6 +744,7 @@ mod tests {
         let state = NodeState {
             addresses: [ip("203.0.113.10")].into(),
             prefixes: [Prefix::host(ip("203.0.113.10"))].into(),
+            blackholes: Default::default(),
         };
         let in_old = Observed {
             addresses: [Prefix::host(ip("203.0.113.10"))].into(),
@@ -684,6 +788,7 @@ mod tests {
         let state = NodeState {
             addresses: [ip("203.0.113.10")].into(),
             prefixes: [Prefix::host(ip("203.0.113.10"))].into(),
+            blackholes: Default::default(),
         };
         let in_old = Observed {
             addresses: [Prefix::host(ip("203.0.113.10"))].into(),

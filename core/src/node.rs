@@ -213,8 +213,9 @@ pub struct Announced {
     pub addr: IpAddr,
     /// The route in routelb's table that carries it.
     pub prefix: Prefix,
-    /// Whether the address goes on kube-lb0 (not for cluster IPs inside an aggregate:
-    /// the service proxy takes those packets, and the routers see only the aggregate).
+    /// Whether the address goes on kube-lb0 and its prefix is routed there; not for
+    /// cluster IPs inside an aggregate: the service proxy takes those packets before
+    /// routing, the prefix is a blackhole route, and the routers see only the aggregate.
     pub on_interface: bool,
 }
 
@@ -439,6 +440,8 @@ pub struct Model {
     /// Reference counts: addresses on kube-lb0, routes in the table, addresses per kind.
     addresses: BTreeMap<IpAddr, usize>,
     prefixes: BTreeMap<Prefix, usize>,
+    /// Aggregates without addresses of their own (blackhole routes).
+    blackholes: BTreeMap<Prefix, usize>,
     by_kind: [BTreeMap<IpAddr, usize>; 3],
 }
 
@@ -455,6 +458,7 @@ impl Model {
             decided: HashMap::new(),
             addresses: BTreeMap::new(),
             prefixes: BTreeMap::new(),
+            blackholes: BTreeMap::new(),
             by_kind: Default::default(),
         }
     }
@@ -483,6 +487,13 @@ impl Model {
         NodeState {
             addresses: self.addresses.keys().copied().collect(),
             prefixes: self.prefixes.keys().copied().collect(),
+            // A prefix some Service also routes to kube-lb0 is routed there.
+            blackholes: self
+                .blackholes
+                .keys()
+                .filter(|p| !self.prefixes.contains_key(p))
+                .copied()
+                .collect(),
         }
     }
 
@@ -504,15 +515,19 @@ impl Model {
         for a in before.iter().flat_map(|d| &d.announce) {
             if a.on_interface {
                 dec(&mut self.addresses, &a.addr);
+                dec(&mut self.prefixes, &a.prefix);
+            } else {
+                dec(&mut self.blackholes, &a.prefix);
             }
-            dec(&mut self.prefixes, &a.prefix);
             dec(&mut self.by_kind[a.kind.idx()], &a.addr);
         }
         for a in after.iter().flat_map(|d| &d.announce) {
             if a.on_interface {
                 *self.addresses.entry(a.addr).or_default() += 1;
+                *self.prefixes.entry(a.prefix).or_default() += 1;
+            } else {
+                *self.blackholes.entry(a.prefix).or_default() += 1;
             }
-            *self.prefixes.entry(a.prefix).or_default() += 1;
             *self.by_kind[a.kind.idx()].entry(a.addr).or_default() += 1;
         }
         match &after {
@@ -726,12 +741,13 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// Every route in the table, blackholes marked.
     fn announced(m: &Model) -> Vec<String> {
-        m.desired()
-            .prefixes
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        let d = m.desired();
+        let mut v: Vec<(Prefix, String)> = d.prefixes.iter().map(|p| (*p, p.to_string())).collect();
+        v.extend(d.blackholes.iter().map(|p| (*p, format!("blackhole {p}"))));
+        v.sort();
+        v.into_iter().map(|(_, s)| s).collect()
     }
 
     #[test]
@@ -1036,7 +1052,7 @@ mod tests {
         m.service_applied(plain_svc("local", json!({"spec": {"clusterIP": "198.51.100.12", "clusterIPs": ["198.51.100.12"], "internalTrafficPolicy": "Local"}})));
         assert_eq!(
             announced(&m),
-            ["198.51.100.0/24"],
+            ["blackhole 198.51.100.0/24"],
             "the IPv6 one is outside the CIDRs now"
         );
         assert!(
@@ -1049,11 +1065,17 @@ mod tests {
             "local-a",
             json!([{"addresses": ["10.0.0.1"], "nodeName": "n1"}]),
         ));
-        assert_eq!(announced(&m), ["198.51.100.0/24", "198.51.100.12/32"]);
+        assert_eq!(
+            announced(&m),
+            ["blackhole 198.51.100.0/24", "198.51.100.12/32"]
+        );
         assert!(has(&m, "198.51.100.12"));
         // The aggregate stays while any Service is in it.
         m.service_deleted(&ServiceKey::new("ns", "a"));
-        assert_eq!(announced(&m), ["198.51.100.0/24", "198.51.100.12/32"]);
+        assert_eq!(
+            announced(&m),
+            ["blackhole 198.51.100.0/24", "198.51.100.12/32"]
+        );
         m.service_deleted(&ServiceKey::new("ns", "b"));
         assert_eq!(announced(&m), ["198.51.100.12/32"]);
         // Excluded node: nothing of any kind.

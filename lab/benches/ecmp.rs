@@ -41,6 +41,7 @@ fn table200_everywhere(lab: &Lab, ip: IpAddr, add: bool) {
                     table: 200,
                     protocol: 249,
                     local: false,
+                    blackhole: false,
                     oif: Some(link.index),
                 };
                 let op = if add {

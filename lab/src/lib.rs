@@ -1089,11 +1089,12 @@ impl Lab {
 
     /// The router's route to an address (`ip route show ADDR`), as text.
     pub fn route(&self, router: usize, addr: IpAddr) -> String {
-        in_ns(
-            &self.routers[router].netns,
-            &["ip", "route", "show", &addr.to_string()],
-        )
-        .unwrap_or_default()
+        self.route_to(router, &addr.to_string())
+    }
+
+    /// The router's route to a destination (`ip route show DST`: an address or a prefix).
+    pub fn route_to(&self, router: usize, dst: &str) -> String {
+        in_ns(&self.routers[router].netns, &["ip", "route", "show", dst]).unwrap_or_default()
     }
 
     /// Starts recording every route change the router's kernel announces
@@ -1153,7 +1154,12 @@ impl Lab {
 
     /// The next hops of the router's route to an address.
     pub fn nexthops(&self, router: usize, addr: IpAddr) -> BTreeSet<IpAddr> {
-        self.route(router, addr)
+        self.nexthops_to(router, &addr.to_string())
+    }
+
+    /// The next hops of the router's route to a destination (an address or a prefix).
+    pub fn nexthops_to(&self, router: usize, dst: &str) -> BTreeSet<IpAddr> {
+        self.route_to(router, dst)
             .split_whitespace()
             .collect::<Vec<_>>()
             .windows(2)
@@ -1170,16 +1176,28 @@ impl Lab {
         want: &BTreeSet<IpAddr>,
         limit: Duration,
     ) -> anyhow::Result<Duration> {
+        self.wait_nexthops_to(router, &addr.to_string(), want, limit)
+            .await
+    }
+
+    /// Waits until the router's next hops for a destination are exactly `want`.
+    pub async fn wait_nexthops_to(
+        &self,
+        router: usize,
+        dst: &str,
+        want: &BTreeSet<IpAddr>,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
         let start = Instant::now();
         loop {
-            if &self.nexthops(router, addr) == want {
+            if &self.nexthops_to(router, dst) == want {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > limit {
                 bail!(
-                    "router next hops for {addr}: {:?}, wanted {want:?}; route: {}",
-                    self.nexthops(router, addr),
-                    self.route(router, addr)
+                    "router next hops for {dst}: {:?}, wanted {want:?}; route: {}",
+                    self.nexthops_to(router, dst),
+                    self.route_to(router, dst)
                 );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -163,8 +163,8 @@ fn describe(node: &str, c: &Change, table: u32, adv: &Advertise) -> Option<(&'st
             "the Service no longer has routelb addresses".to_string()
         }
         None => format!(
-            "the Service no longer has it, or its {}s are switched off ({})",
-            a.kind,
+            "the Service no longer has it, or its {} are switched off ({})",
+            a.kind.plural(),
             adv.setting(
                 a.kind,
                 ".enabled",

@@ -456,6 +456,7 @@ mod tests {
         NodeState {
             prefixes: addresses.iter().map(|a| Prefix::host(*a)).collect(),
             addresses,
+            blackholes: Default::default(),
         }
     }
 
@@ -471,6 +472,7 @@ mod tests {
             table,
             protocol,
             local: false,
+            blackhole: false,
             oif: Some(oif),
         }
     }

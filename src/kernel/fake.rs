@@ -123,6 +123,16 @@ impl FakeKernel {
             }
             Op::AddrDel { index, prefix, .. } => {
                 if self.addrs.remove(&(*index, *prefix)) {
+                    // Linux: the last IPv4 address of a device going takes every IPv4
+                    // route through it along, without a word (no RTM_DELROUTE).
+                    let v4_left = self
+                        .addrs
+                        .iter()
+                        .any(|(i, p)| i == index && p.addr.is_ipv4());
+                    if prefix.addr.is_ipv4() && !v4_left {
+                        self.routes
+                            .retain(|_, r| !(r.dst.addr.is_ipv4() && r.oif == Some(*index)));
+                    }
                     Ok(())
                 } else {
                     Err(libc::EADDRNOTAVAIL)

@@ -81,15 +81,10 @@ fn route_message(r: &Route) -> RouteMessage {
     m.header.destination_prefix_length = r.dst.len;
     m.header.table = header_table(r.table);
     m.header.protocol = RouteProtocol::from(r.protocol);
-    m.header.scope = if r.local {
-        RouteScope::Host
-    } else {
-        RouteScope::Link
-    };
-    m.header.kind = if r.local {
-        RouteType::Local
-    } else {
-        RouteType::Unicast
+    (m.header.scope, m.header.kind) = match (r.local, r.blackhole) {
+        (true, _) => (RouteScope::Host, RouteType::Local),
+        (_, true) => (RouteScope::Universe, RouteType::BlackHole),
+        _ => (RouteScope::Link, RouteType::Unicast),
     };
     m.attributes
         .push(RouteAttribute::Destination(RouteAddress::from(r.dst.addr)));
@@ -124,6 +119,7 @@ fn parse_route(m: &RouteMessage) -> Option<Route> {
         table,
         protocol: u8::from(m.header.protocol),
         local: m.header.kind == RouteType::Local,
+        blackhole: m.header.kind == RouteType::BlackHole,
         oif,
     })
 }
@@ -752,6 +748,7 @@ mod tests {
             table: 200,
             protocol: 249,
             local: false,
+            blackhole: false,
             oif: Some(3),
         };
         assert!(!benign(&Op::RouteAdd(r), libc::EEXIST));
@@ -766,8 +763,18 @@ mod tests {
             table: 1000,
             protocol: 249,
             local: true,
+            blackhole: false,
             oif: Some(7),
         };
         assert_eq!(parse_route(&route_message(&r)), Some(r));
+        let aggregate = Route {
+            dst: Prefix::new("198.51.100.0".parse().unwrap(), 24),
+            table: 200,
+            local: false,
+            blackhole: true,
+            oif: None,
+            ..r
+        };
+        assert_eq!(parse_route(&route_message(&aggregate)), Some(aggregate));
     }
 }

@@ -522,9 +522,9 @@ async fn external_and_cluster_ips_follow_router_config_annotations_and_policies(
     c.endpoints(NS, "itp", "itp-a", &[("node-2", true)]).await;
     n2.wait("198.51.100.20", true).await;
 
-    // Cluster IPs on for the node group, as the service CIDR: one aggregate route from
-    // every node, no per-Service address on kube-lb0, the Local Service's host route
-    // still from node-2 only, annotated ones unchanged.
+    // Cluster IPs on for the node group, as the service CIDR: one aggregate (blackhole)
+    // route from every node, no per-Service address on kube-lb0, the Local Service's host
+    // route still from node-2 only, annotated ones unchanged.
     router_config(
         &c,
         "all",
@@ -537,7 +537,7 @@ async fn external_and_cluster_ips_follow_router_config_annotations_and_policies(
     for n in [&n1, &n2] {
         eventually(&format!("{} routes the service CIDR", n.name), || async {
             let r = n.routes();
-            (r.contains("198.51.100.0/24 dev kube-lb0 proto 249")
+            (r.contains("blackhole 198.51.100.0/24 proto 249")
                 && !r.contains("198.51.100.10 ")
                 && !r.contains("198.51.100.21 "))
             .then_some(())

@@ -24,6 +24,7 @@ fn desired(addrs: &[&str], len4: u8, len6: u8) -> Desired {
     Desired {
         addresses,
         prefixes,
+        blackholes: Default::default(),
     }
 }
 
@@ -311,6 +312,64 @@ fn local_route_mode_and_switching_modes() {
 }
 
 #[test]
+fn the_last_ipv4_address_leaving_takes_no_route_along() {
+    // Cluster IPs as their service CIDR: a route without an address of its own, beside
+    // a Local Service's address and host route, on a running dataplane.
+    let ns = NetNs::new("dp-last4");
+    let path = std::path::PathBuf::from(format!("/run/netns/{}", ns.name));
+    let dp = Running::start_in(Some(&path), Config::default(), Duration::from_secs(3600)).unwrap();
+    let aggregate = Prefix::new(ip("198.51.100.0"), 24);
+    let mut both = desired(&["198.51.100.7", "2001:db8::7"], 32, 128);
+    both.prefixes.insert(aggregate);
+    // A service CIDR as a blackhole route: tied to no device at all.
+    let cidr = Prefix::new(ip("203.0.113.0"), 24);
+    both.blackholes.insert(cidr);
+    dp.set(both);
+    // The table exists only once the first route is in.
+    let routes = || {
+        let out = ns.exec(&["ip", "route", "show", "table", "200"]);
+        let mut v = lines(&String::from_utf8_lossy(&out.stdout));
+        v.sort();
+        v
+    };
+    let until = |what: &str, check: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !check() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: {:?}",
+                routes()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("programmed", &|| routes().len() == 3);
+    // The Local Service's endpoint goes: its address, the last IPv4 one, leaves.
+    let mut aggregate_only = desired(&["2001:db8::7"], 32, 128);
+    aggregate_only.prefixes.insert(aggregate);
+    aggregate_only.blackholes.insert(cidr);
+    dp.set(aggregate_only.clone());
+    until("address removed", &|| addrs(&ns) == ["2001:db8::7/128"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        routes(),
+        [
+            "198.51.100.0/24 dev kube-lb0 proto 249 scope link",
+            "blackhole 203.0.113.0/24 proto 249"
+        ],
+        "the aggregate survives its device's last IPv4 address"
+    );
+    dp.stop();
+    // A restarted dataplane adopts the blackhole as its own: nothing to change.
+    let report = ns.run(move || {
+        let mut dp = Dataplane::open(Config::default()).unwrap();
+        dp.reconcile(&aggregate_only).unwrap()
+    });
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!((report.added, report.removed), (0, 0), "{report:?}");
+}
+
+#[test]
 fn the_dummy_kind_is_refused_clearly_where_the_kernel_lacks_it() {
     let ns = NetNs::new("dp-kind");
     let err = ns.run(|| {
@@ -451,6 +510,7 @@ fn ten_thousand_addresses_in_both_modes() {
         let want = Desired {
             prefixes: addresses.iter().map(|a| Prefix::host(*a)).collect(),
             addresses,
+            blackholes: Default::default(),
         };
         let (first, second) = ns.run(|| {
             let mut dp = Dataplane::open(Config {
