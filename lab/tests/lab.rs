@@ -38,6 +38,18 @@ async fn web(lab: &Lab) -> (std::net::IpAddr, BTreeSet<std::net::IpAddr>) {
     (ip, all)
 }
 
+/// Opens 90 connections to `ip` from the client: every node answers some.
+fn every_node_answers(lab: &Lab, ip: std::net::IpAddr) {
+    let tally = lab.connect(ip, 90).unwrap();
+    let answered: BTreeSet<&String> = tally.keys().collect();
+    let names: BTreeSet<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
+    assert_eq!(
+        answered,
+        names.iter().collect(),
+        "every node answers some connections to {ip}: {tally:?}"
+    );
+}
+
 /// Creates a Cluster Service and checks the router spreads it over every node and that
 /// connections reach every node.
 async fn ecmp(lab: &Lab) {
@@ -45,14 +57,7 @@ async fn ecmp(lab: &Lab) {
     let ip = lab.external_ip("web", WAIT).await.unwrap();
     let all = lab.node_addrs(0..lab.nodes.len());
     lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
-    let tally = lab.connect(ip, 90).unwrap();
-    let answered: BTreeSet<&String> = tally.keys().collect();
-    let names: BTreeSet<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
-    assert_eq!(
-        answered,
-        names.iter().collect(),
-        "every node answers some connections: {tally:?}"
-    );
+    every_node_answers(lab, ip);
     // Every daemon took its configuration: nothing was refused on the way.
     for i in 0..lab.nodes.len() {
         let m = lab.agent_metrics(i);
@@ -905,14 +910,7 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
             lab.nodes[i].name
         );
     }
-    let tally = lab.connect(ip, 90).unwrap();
-    let answered: BTreeSet<&String> = tally.keys().collect();
-    let names: BTreeSet<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
-    assert_eq!(
-        answered,
-        names.iter().collect(),
-        "every node answers the cluster IP: {tally:?}"
-    );
+    every_node_answers(&lab, ip);
 
     // The service CIDR as one prefix: one ECMP route at the router, no host route; a
     // Local Service's host route only from the node with its endpoint (an FRR node).
