@@ -71,6 +71,34 @@ fn templates_render_as_recorded_and_the_daemons_accept_them() {
 }
 
 #[test]
+fn the_documented_cluster_ip_community_example_works() {
+    let doc = std::fs::read_to_string(root().join("docs/templates.md")).unwrap();
+    let start = doc
+        .find("<!-- example: cluster-ip-community -->")
+        .expect("the example in docs/templates.md");
+    let body = &doc[start..];
+    let open = body.find("```\n").unwrap() + 4;
+    let snippet = &body[open..open + body[open..].find("```").unwrap()];
+    let shipped = std::fs::read_to_string(root().join("templates/bird.conf.tera")).unwrap();
+    let anchor = "  accept;\n}";
+    assert!(shipped.contains(anchor), "routelb_export ends with accept");
+    let edited = shipped.replacen(anchor, &format!("{snippet}\n{anchor}"), 1);
+    let dir = std::env::temp_dir().join(format!("routelb-doc-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let template = dir.join("bird.conf.tera");
+    std::fs::write(&template, edited).unwrap();
+    let text = routelb::cli::render_files(&template, &root().join("templates/testdata/full.json"))
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        text.contains("if net ~ [ 10.96.0.0/12+ ] then bgp_community.add((64512, 96));"),
+        "{text}"
+    );
+    assert!(text.contains("if net ~ [ fd00:10:96::/112+ ]"), "{text}");
+    daemon_accepts("bird", &text, "doc-example");
+}
+
+#[test]
 fn the_render_command_prints_or_says_what_is_wrong() {
     let run = |template: &Path, context: &Path| {
         Command::new(env!("CARGO_BIN_EXE_routelb"))
