@@ -901,7 +901,10 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
     tokio::time::sleep(Duration::from_secs(7)).await;
     cluster_ip_service(&lab, "internal", "203.0.113.2", false).await;
     let ip: std::net::IpAddr = "203.0.113.2".parse().unwrap();
-    lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    let took = lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
+    println!(
+        "cluster IP {ip}: ECMP over 3 nodes at the router {took:?} after the Service was created"
+    );
     for i in 0..lab.nodes.len() {
         let routes = lab.node_routes(i, 200);
         assert!(
@@ -919,9 +922,11 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
         serde_json::json!({"clusterIPs": {"enabled": true, "aggregate": true, "cidrs": ["203.0.113.0/29"]}}),
     )
     .await;
-    lab.wait_nexthops_to(0, "203.0.113.0/29", &all, WAIT)
+    let took = lab
+        .wait_nexthops_to(0, "203.0.113.0/29", &all, WAIT)
         .await
         .unwrap();
+    println!("aggregate 203.0.113.0/29: ECMP at the router {took:?} after the RouterConfig change");
     lab.wait_nexthops(0, ip, &BTreeSet::new(), WAIT)
         .await
         .unwrap();
@@ -936,9 +941,11 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
     cluster_ip_service(&lab, "internal-local", "203.0.113.3", true).await;
     lab.endpoints("internal-local", &[1]).await.unwrap();
     let local: std::net::IpAddr = "203.0.113.3".parse().unwrap();
-    lab.wait_nexthops(0, local, &lab.node_addrs([1]), WAIT)
+    let took = lab
+        .wait_nexthops(0, local, &lab.node_addrs([1]), WAIT)
         .await
         .unwrap();
+    println!("Local cluster IP {local}: host route via node-2 only, {took:?} after its endpoint");
     let tally = lab.connect(local, 10).unwrap();
     assert_eq!(tally.get("node-2"), Some(&10), "{tally:?}");
     // The Services go: so does the aggregate.
@@ -948,7 +955,9 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
         .unwrap();
     assert_eq!(lab.nexthops_to(0, "203.0.113.0/29"), all);
     lab.delete_service("internal").await.unwrap();
-    lab.wait_nexthops_to(0, "203.0.113.0/29", &BTreeSet::new(), WAIT)
+    let took = lab
+        .wait_nexthops_to(0, "203.0.113.0/29", &BTreeSet::new(), WAIT)
         .await
         .unwrap();
+    println!("aggregate withdrawn at the router {took:?} after its last Service went");
 }

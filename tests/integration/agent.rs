@@ -433,6 +433,14 @@ async fn external_and_cluster_ips_follow_router_config_annotations_and_policies(
     )
     .await;
     assert!(!n1.announces("192.0.2.200") && !n1.announces("198.51.100.10"));
+    // The node says what it announces by default, and from which RouterConfig.
+    c.wait_event(
+        NS,
+        "node-2",
+        "AdvertiseChanged",
+        "node node-2 announces LoadBalancer addresses on; externalIPs on (within 192.0.2.0/25); cluster IPs off (within 198.51.100.0/24, 2001:db8:96::/112) (RouterConfig all)",
+    )
+    .await;
     assert_eq!(
         n1.metric(
             "routelb_announced_service_addresses",
