@@ -302,30 +302,13 @@ async fn local_policy_follows_endpoints_and_a_drain_moves_the_address() {
     .await
     .unwrap();
     let far = lab.external_ip("l2far", WAIT).await.unwrap();
-    let events: Api<Event> = Api::namespaced(lab.client.clone(), "default");
-    let start = Instant::now();
-    let note = loop {
-        let found = events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("NoNodeCanAnswer"))
-            .and_then(|e| e.note);
-        if let Some(n) = found {
-            break n;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "no NoNodeCanAnswer Event for pool far"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        note.contains("has no LAN interface with a subnet holding 2001:db8:9::"),
-        "{note}"
-    );
+    event_note(
+        &lab,
+        "NoNodeCanAnswer",
+        "far",
+        "has no LAN interface with a subnet holding 2001:db8:9::",
+    )
+    .await;
     assert!((0..3).all(|i| !lab.node_lan_addrs(i).contains(&far)));
     // The pool says so in its status too (kubectl get addresspool far -o yaml).
     let pools: Api<AddressPool> = Api::all(lab.client.clone());
