@@ -1247,6 +1247,47 @@ impl Lab {
         Ok(())
     }
 
+    /// Re-applies the lab's RouterConfigs (as [`Lab::up`] writes them) with
+    /// `spec.advertise`: which kinds of Service address the nodes announce.
+    pub async fn set_advertise(&self, advertise: Value) -> anyhow::Result<()> {
+        for kind in [Kind::Bird, Kind::Frr] {
+            if self.nodes.iter().any(|n| n.kind == kind) {
+                self.apply_routelb(
+                    "RouterConfig",
+                    "routerconfigs",
+                    &format!("lab-{}", kind.name()),
+                    json!({
+                        "asn": 64512,
+                        "daemon": kind.name(),
+                        "nodeSelector": {"matchLabels": {"lab.routelb.io/daemon": kind.name()}},
+                        "advertise": advertise,
+                    }),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a ClusterIP Service for the backends (port 8080) at a fixed cluster IP;
+    /// `local`: `internalTrafficPolicy: Local`.
+    pub async fn create_cluster_ip_service(
+        &self,
+        name: &str,
+        ip: IpAddr,
+        local: bool,
+    ) -> anyhow::Result<()> {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
+                     "ipFamilyPolicy": "SingleStack",
+                     "internalTrafficPolicy": if local { "Local" } else { "Cluster" },
+                     "selector": {"app": "backend"}, "ports": [{"port": 8080, "protocol": "TCP"}]}
+        }))?;
+        self.services().create(&PostParams::default(), &svc).await?;
+        Ok(())
+    }
+
     /// Waits for a Service's external addresses (all of them, once `n` are there).
     pub async fn external_ips(
         &self,

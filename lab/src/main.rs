@@ -43,6 +43,10 @@ enum Cmd {
         /// another takes over.
         #[arg(long)]
         l2: bool,
+        /// Show cluster IPs instead: a ClusterIP Service reached by the router with
+        /// ECMP, one route per address, then the service CIDR as one prefix.
+        #[arg(long)]
+        cluster_ip: bool,
     },
     /// Remove namespaces and processes left by an interrupted lab.
     Down,
@@ -59,6 +63,7 @@ async fn demo(
     routelb: PathBuf,
     repo: PathBuf,
     l2: bool,
+    cluster_ip: bool,
 ) -> anyhow::Result<()> {
     let mut opts = Options::new(
         routelb.canonicalize().context("the routelb binary")?,
@@ -84,6 +89,9 @@ async fn demo(
     );
     if l2 {
         return demo_l2(lab).await;
+    }
+    if cluster_ip {
+        return demo_cluster_ip(lab, connections).await;
     }
     section("kubectl create service (type LoadBalancer, externalTrafficPolicy: Cluster)");
     let t = Instant::now();
@@ -126,6 +134,69 @@ async fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+async fn demo_cluster_ip(lab: Lab, connections: usize) -> anyhow::Result<()> {
+    let wait = Duration::from_secs(30);
+    let cidr = "203.0.113.0/29";
+    section(&format!(
+        "RouterConfig spec.advertise.clusterIPs: {{enabled: true, cidrs: [{cidr}]}}"
+    ));
+    lab.set_advertise(serde_json::json!({"clusterIPs": {"enabled": true, "cidrs": [cidr]}}))
+        .await?;
+    let ip: std::net::IpAddr = "203.0.113.2".parse()?;
+    section(&format!(
+        "kubectl create service clusterip internal (clusterIP {ip})"
+    ));
+    let t = Instant::now();
+    lab.create_cluster_ip_service("internal", ip, false).await?;
+    let all = lab.node_addrs(0..lab.nodes.len());
+    lab.wait_nexthops(0, ip, &all, wait).await?;
+    println!(
+        "the router has a multipath route over {} nodes {:.0} ms later",
+        all.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    section(&format!(
+        "ip route show table 200  (on {})",
+        lab.nodes[0].name
+    ));
+    print!("{}", lab.node_routes(0, 200));
+    section(&format!("ip route show {ip}  (in the router's namespace)"));
+    print!("{}", lab.route(0, ip));
+    section(&format!(
+        "{connections} TCP connections from the client to {ip}:8080"
+    ));
+    for (node, n) in lab.connect(ip, connections)? {
+        println!("  {node:<10} {n:>4}  {}", "#".repeat(n));
+    }
+    section("clusterIPs.aggregate: true (the service CIDR as one prefix)");
+    let t = Instant::now();
+    lab.set_advertise(
+        serde_json::json!({"clusterIPs": {"enabled": true, "aggregate": true, "cidrs": [cidr]}}),
+    )
+    .await?;
+    lab.wait_nexthops_to(0, cidr, &all, wait).await?;
+    lab.wait_nexthops(0, ip, &Default::default(), wait).await?;
+    println!(
+        "the router routes {cidr} over {} nodes, and no longer {ip} alone, {:.0} ms later",
+        all.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    section(&format!(
+        "ip route show table 200  (on {})",
+        lab.nodes[0].name
+    ));
+    print!("{}", lab.node_routes(0, 200));
+    section(&format!(
+        "ip route show {cidr}  (in the router's namespace)"
+    ));
+    print!("{}", lab.route_to(0, cidr));
+    println!("(kube-proxy takes the packets for cluster IPs in use; the lab has none)");
+    section("cleaning up");
+    lab.shutdown();
+    println!("done");
+    Ok(())
 }
 
 async fn demo_l2(mut lab: Lab) -> anyhow::Result<()> {
@@ -208,7 +279,8 @@ async fn main() -> anyhow::Result<()> {
             routelb,
             repo,
             l2,
-        } => demo(&router, &nodes, connections, routelb, repo, l2).await,
+            cluster_ip,
+        } => demo(&router, &nodes, connections, routelb, repo, l2, cluster_ip).await,
         Cmd::Down => {
             let n = lab::down()?;
             println!("removed {n} lab leftovers");

@@ -847,60 +847,26 @@ async fn with_bfd_the_router_drops_a_dead_node_within_a_second() {
     eprintln!("both back in the router's route {took:?} after their links came back");
 }
 
-/// Re-applies the lab's RouterConfigs (as `Lab::up` writes them) with `spec.advertise`.
-async fn advertise(lab: &Lab, advertise: serde_json::Value) {
-    for kind in [Kind::Bird, Kind::Frr] {
-        if lab.nodes.iter().any(|n| n.kind == kind) {
-            lab.apply_routelb(
-                "RouterConfig",
-                "routerconfigs",
-                &format!("lab-{}", kind.name()),
-                serde_json::json!({
-                    "asn": 64512,
-                    "daemon": kind.name(),
-                    "nodeSelector": {"matchLabels": {"lab.routelb.io/daemon": kind.name()}},
-                    "advertise": advertise,
-                }),
-            )
-            .await
-            .unwrap();
-        }
-    }
-}
-
-/// A ClusterIP Service for the backends at a fixed cluster IP.
-async fn cluster_ip_service(lab: &Lab, name: &str, ip: &str, local: bool) {
-    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ipFamilyPolicy": "SingleStack",
-                 "internalTrafficPolicy": if local { "Local" } else { "Cluster" },
-                 "selector": {"app": "backend"}, "ports": [{"port": 8080, "protocol": "TCP"}]}
-    }))
-    .unwrap();
-    lab.services()
-        .create(&Default::default(), &svc)
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr() {
     // BIRD and FRR nodes: each daemon must carry cluster IPs its own way. The service
     // CIDR is a TEST-NET block the lab uses for nothing else (the pool starts at .10).
     let lab = up(Kind::Bird, &[Kind::Bird, Kind::Frr, Kind::Bird]).await;
     let all = lab.node_addrs(0..lab.nodes.len());
-    advertise(
-        &lab,
+    lab.set_advertise(
         serde_json::json!({"clusterIPs": {"enabled": true, "cidrs": ["203.0.113.0/29"]}}),
     )
-    .await;
+    .await
+    .unwrap();
     // The FRR node reloads for the new CIDR in its prefix lists. FRR 8.4's bgpd can keep
     // an address that appears within its route-map delay (5 s) after such a reload
     // announced after it goes (the same holds for a Service from a just-created pool):
     // a known problem, not this test's subject; let the reload settle first.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    cluster_ip_service(&lab, "internal", "203.0.113.2", false).await;
     let ip: std::net::IpAddr = "203.0.113.2".parse().unwrap();
+    lab.create_cluster_ip_service("internal", ip, false)
+        .await
+        .unwrap();
     let took = lab.wait_nexthops(0, ip, &all, WAIT).await.unwrap();
     println!(
         "cluster IP {ip}: ECMP over 3 nodes at the router {took:?} after the Service was created"
@@ -917,11 +883,7 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
 
     // The service CIDR as one prefix: one ECMP route at the router, no host route; a
     // Local Service's host route only from the node with its endpoint (an FRR node).
-    advertise(
-        &lab,
-        serde_json::json!({"clusterIPs": {"enabled": true, "aggregate": true, "cidrs": ["203.0.113.0/29"]}}),
-    )
-    .await;
+    lab.set_advertise(serde_json::json!({"clusterIPs": {"enabled": true, "aggregate": true, "cidrs": ["203.0.113.0/29"]}})).await.unwrap();
     let took = lab
         .wait_nexthops_to(0, "203.0.113.0/29", &all, WAIT)
         .await
@@ -938,9 +900,11 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
             lab.nodes[i].name
         );
     }
-    cluster_ip_service(&lab, "internal-local", "203.0.113.3", true).await;
-    lab.endpoints("internal-local", &[1]).await.unwrap();
     let local: std::net::IpAddr = "203.0.113.3".parse().unwrap();
+    lab.create_cluster_ip_service("internal-local", local, true)
+        .await
+        .unwrap();
+    lab.endpoints("internal-local", &[1]).await.unwrap();
     let took = lab
         .wait_nexthops(0, local, &lab.node_addrs([1]), WAIT)
         .await
