@@ -196,24 +196,23 @@ impl Advertise {
 
     /// A kind's CIDRs as `[a, b]`.
     pub fn cidr_list(&self, kind: Kind) -> String {
+        format!("[{}]", self.joined(kind))
+    }
+
+    /// A kind's CIDRs as `a, b`.
+    fn joined(&self, kind: Kind) -> String {
         let list: Vec<String> = self.cidrs(kind).iter().map(ToString::to_string).collect();
-        format!("[{}]", list.join(", "))
+        list.join(", ")
     }
 
     /// One line for logs and Events: what the node announces by default.
     pub fn summary(&self) -> String {
-        let list = |p: &[Prefix]| {
-            p.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let mut parts = Vec::new();
         for kind in Kind::ALL {
             let on = self.enabled[kind.idx()];
             let mut s = format!("{} {}", kind.plural(), if on { "on" } else { "off" });
             if !self.cidrs(kind).is_empty() {
-                s.push_str(&format!(" (within {})", list(self.cidrs(kind))));
+                s.push_str(&format!(" (within {})", self.joined(kind)));
             }
             if kind == Kind::Cluster && self.aggregate {
                 s.push_str(", aggregated");

@@ -891,7 +891,6 @@ mod tests {
             (Kind::External, "192.0.2.10", "externalTrafficPolicy"),
             (Kind::Cluster, "198.51.100.10", "internalTrafficPolicy"),
         ];
-        let mut checked = 0;
         for (kind, addr, policy_field) in kinds {
             for default in [false, true] {
                 for annotation in [None, Some("true"), Some("false"), Some("maybe")] {
@@ -955,13 +954,11 @@ mod tests {
                             if annotation == Some("false") {
                                 assert!(why(&m, "web").contains(kind.annotation()), "{case}");
                             }
-                            checked += 1;
                         }
                     }
                 }
             }
         }
-        assert_eq!(checked, 3 * 2 * 4 * 2 * 2);
     }
 
     #[test]

@@ -593,21 +593,7 @@ impl Lab {
                 .create(&PostParams::default(), &node)
                 .await?;
         }
-        for kind in [Kind::Bird, Kind::Frr] {
-            if self.opts.nodes.contains(&kind) {
-                self.apply_routelb(
-                    "RouterConfig",
-                    "routerconfigs",
-                    &format!("lab-{}", kind.name()),
-                    json!({
-                        "asn": 64512,
-                        "daemon": kind.name(),
-                        "nodeSelector": {"matchLabels": {"lab.routelb.io/daemon": kind.name()}},
-                    }),
-                )
-                .await?;
-            }
-        }
+        self.apply_router_configs(None).await?;
         for (leaf, r) in self.routers.clone().iter().enumerate() {
             self.apply_routelb("BGPPeer", "bgppeers", &format!("leaf{}", leaf + 1), json!({
                 "address": r.address.to_string(),
@@ -1250,21 +1236,27 @@ impl Lab {
     /// Re-applies the lab's RouterConfigs (as [`Lab::up`] writes them) with
     /// `spec.advertise`: which kinds of Service address the nodes announce.
     pub async fn set_advertise(&self, advertise: Value) -> anyhow::Result<()> {
+        self.apply_router_configs(Some(advertise)).await
+    }
+
+    /// One RouterConfig per routing daemon in use (`lab-bird`, `lab-frr`), selecting the
+    /// nodes that run it, with `spec.advertise` when given.
+    async fn apply_router_configs(&self, advertise: Option<Value>) -> anyhow::Result<()> {
         for kind in [Kind::Bird, Kind::Frr] {
-            if self.nodes.iter().any(|n| n.kind == kind) {
-                self.apply_routelb(
-                    "RouterConfig",
-                    "routerconfigs",
-                    &format!("lab-{}", kind.name()),
-                    json!({
-                        "asn": 64512,
-                        "daemon": kind.name(),
-                        "nodeSelector": {"matchLabels": {"lab.routelb.io/daemon": kind.name()}},
-                        "advertise": advertise,
-                    }),
-                )
-                .await?;
+            if !self.opts.nodes.contains(&kind) {
+                continue;
             }
+            let mut spec = json!({
+                "asn": 64512,
+                "daemon": kind.name(),
+                "nodeSelector": {"matchLabels": {"lab.routelb.io/daemon": kind.name()}},
+            });
+            if let Some(a) = &advertise {
+                spec["advertise"] = a.clone();
+            }
+            let name = format!("lab-{}", kind.name());
+            self.apply_routelb("RouterConfig", "routerconfigs", &name, spec)
+                .await?;
         }
         Ok(())
     }

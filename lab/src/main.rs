@@ -112,16 +112,31 @@ async fn demo(
     );
     section(&format!("ip route show {ip}  (in the router's namespace)"));
     print!("{}", lab.route(0, ip));
+    tally(&lab, ip, connections)?;
+    section("cleaning up");
+    lab.shutdown();
+    println!("done");
+    Ok(())
+}
+
+/// Opens `connections` to `ip:8080` from the client and prints how many each node answered.
+fn tally(lab: &Lab, ip: std::net::IpAddr, connections: usize) -> anyhow::Result<()> {
     section(&format!(
         "{connections} TCP connections from the client to {ip}:8080"
     ));
     for (node, n) in lab.connect(ip, connections)? {
         println!("  {node:<10} {n:>4}  {}", "#".repeat(n));
     }
-    section("cleaning up");
-    lab.shutdown();
-    println!("done");
     Ok(())
+}
+
+/// Prints the first node's table 200 as `ip route` shows it.
+fn show_node_table(lab: &Lab) {
+    section(&format!(
+        "ip route show table 200  (on {})",
+        lab.nodes[0].name
+    ));
+    print!("{}", lab.node_routes(0, 200));
 }
 
 /// Polls `check` every 20 ms for up to `limit`.
@@ -157,19 +172,10 @@ async fn demo_cluster_ip(lab: Lab, connections: usize) -> anyhow::Result<()> {
         all.len(),
         t.elapsed().as_secs_f64() * 1e3
     );
-    section(&format!(
-        "ip route show table 200  (on {})",
-        lab.nodes[0].name
-    ));
-    print!("{}", lab.node_routes(0, 200));
+    show_node_table(&lab);
     section(&format!("ip route show {ip}  (in the router's namespace)"));
     print!("{}", lab.route(0, ip));
-    section(&format!(
-        "{connections} TCP connections from the client to {ip}:8080"
-    ));
-    for (node, n) in lab.connect(ip, connections)? {
-        println!("  {node:<10} {n:>4}  {}", "#".repeat(n));
-    }
+    tally(&lab, ip, connections)?;
     section("clusterIPs.aggregate: true (the service CIDR as one prefix)");
     let t = Instant::now();
     lab.set_advertise(
@@ -183,11 +189,7 @@ async fn demo_cluster_ip(lab: Lab, connections: usize) -> anyhow::Result<()> {
         all.len(),
         t.elapsed().as_secs_f64() * 1e3
     );
-    section(&format!(
-        "ip route show table 200  (on {})",
-        lab.nodes[0].name
-    ));
-    print!("{}", lab.node_routes(0, 200));
+    show_node_table(&lab);
     section(&format!(
         "ip route show {cidr}  (in the router's namespace)"
     ));

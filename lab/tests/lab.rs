@@ -847,6 +847,14 @@ async fn with_bfd_the_router_drops_a_dead_node_within_a_second() {
     eprintln!("both back in the router's route {took:?} after their links came back");
 }
 
+/// Every node's table 200 holds a route `ip route` shows as `route`.
+fn every_node_routes(lab: &Lab, route: &str) {
+    for i in 0..lab.nodes.len() {
+        let routes = lab.node_routes(i, 200);
+        assert!(routes.contains(route), "{}: {routes}", lab.nodes[i].name);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr() {
     // BIRD and FRR nodes: each daemon must carry cluster IPs its own way. The service
@@ -871,14 +879,7 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
     println!(
         "cluster IP {ip}: ECMP over 3 nodes at the router {took:?} after the Service was created"
     );
-    for i in 0..lab.nodes.len() {
-        let routes = lab.node_routes(i, 200);
-        assert!(
-            routes.contains("203.0.113.2 dev kube-lb0 proto 249"),
-            "{}: {routes}",
-            lab.nodes[i].name
-        );
-    }
+    every_node_routes(&lab, "203.0.113.2 dev kube-lb0 proto 249");
     every_node_answers(&lab, ip);
 
     // The service CIDR as one prefix: one ECMP route at the router, no host route; a
@@ -892,14 +893,7 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
     lab.wait_nexthops(0, ip, &BTreeSet::new(), WAIT)
         .await
         .unwrap();
-    for i in 0..lab.nodes.len() {
-        let routes = lab.node_routes(i, 200);
-        assert!(
-            routes.contains("blackhole 203.0.113.0/29 proto 249"),
-            "{}: {routes}",
-            lab.nodes[i].name
-        );
-    }
+    every_node_routes(&lab, "blackhole 203.0.113.0/29 proto 249");
     let local: std::net::IpAddr = "203.0.113.3".parse().unwrap();
     lab.create_cluster_ip_service("internal-local", local, true)
         .await

@@ -678,26 +678,28 @@ impl Agent {
         }
         // Ready once synced and the kernel has been reconciled once (errors are in the detail).
         health.set(status.reconciles > 0, detail);
-        publish_metrics(self.state.as_ref(), &status, routing, dropped);
-        for kind in Kind::ALL {
-            crate::metrics::METRICS.set(
-                "routelb_announced_service_addresses",
-                "Service addresses this node announces, by kind (loadbalancer, external, cluster).",
-                &[("kind", kind.label())],
-                self.model.announced_by_kind()[kind.idx()] as f64,
-            );
-        }
+        let by_kind = self.model.announced_by_kind();
+        publish_metrics(self.state.as_ref(), by_kind, &status, routing, dropped);
     }
 }
 
 /// Updates the agent's metrics from what it knows now.
 fn publish_metrics(
     desired: Option<&NodeState>,
+    by_kind: [usize; 3],
     dp: &crate::kernel::Status,
     routing: &std::sync::Mutex<routing::RoutingStatus>,
     events_dropped: u64,
 ) {
     use crate::metrics::METRICS as M;
+    for kind in Kind::ALL {
+        M.set(
+            "routelb_announced_service_addresses",
+            "Service addresses this node announces, by kind (loadbalancer, external, cluster).",
+            &[("kind", kind.label())],
+            by_kind[kind.idx()] as f64,
+        );
+    }
     if let Some(d) = desired {
         for (family, v4) in [("ipv4", true), ("ipv6", false)] {
             let addrs = d.addresses.iter().filter(|a| a.is_ipv4() == v4).count();

@@ -74,15 +74,23 @@ impl NodeUnderTest {
         show("-4") + &show("-6")
     }
 
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, text) = http_get(self.health, "/metrics").await;
+        metric(&text, name, labels)
+    }
+
+    fn on_interface(&self, ip: &str) -> bool {
+        self.ns
+            .ip(&["addr", "show", "dev", "kube-lb0"])
+            .contains(&format!("{ip}/"))
+    }
+
     fn announces(&self, ip: &str) -> bool {
         self.routes().lines().any(|l| {
             l.split_whitespace()
                 .next()
                 .is_some_and(|d| d.split('/').next() == Some(ip))
-        }) && self
-            .ns
-            .ip(&["addr", "show", "dev", "kube-lb0"])
-            .contains(&format!("{ip}/"))
+        }) && self.on_interface(ip)
     }
 
     async fn wait(&self, ip: &str, wanted: bool) {
@@ -376,19 +384,6 @@ async fn router_config(c: &Cluster, name: &str, advertise: serde_json::Value) {
     )
     .await
     .unwrap();
-}
-
-impl NodeUnderTest {
-    fn on_interface(&self, ip: &str) -> bool {
-        self.ns
-            .ip(&["addr", "show", "dev", "kube-lb0"])
-            .contains(&format!("{ip}/"))
-    }
-
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let (_, text) = http_get(self.health, "/metrics").await;
-        metric(&text, name, labels)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
