@@ -53,8 +53,28 @@ pub enum Command {
     /// Remove everything the agent put into this node's kernel: its addresses, its routes
     /// and the kube-lb0 interface.
     Cleanup(DataplaneArgs),
-    /// Print routelb's CustomResourceDefinitions (AddressPool, BGPPeer, RouterConfig) as YAML.
+    /// Print routelb's CustomResourceDefinitions (AddressPool, BGPPeer, RouterConfig,
+    /// NodeRoutingStatus) as YAML.
     Crds,
+    /// Why is there no route? `routelb status` summarises pools, nodes, sessions and
+    /// Services in trouble; `routelb status svc -n NAMESPACE NAME` follows one Service
+    /// from its address to each router, with a verdict per step and what to fix. Uses
+    /// the kubeconfig as kubectl does. Exit code 0: ok (or warnings), 2: a step fails.
+    Status(StatusArgs),
+}
+
+/// Options of `routelb status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Nothing for the cluster summary, or `svc NAME` (`service NAME`) for one Service.
+    #[arg(num_args = 0..=2, value_name = "svc NAME")]
+    pub what: Vec<String>,
+    /// The Service's namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// routelb's namespace (where the nodes' NodeRoutingStatus objects are).
+    #[arg(long, default_value = "routelb-system")]
+    pub routelb_namespace: String,
 }
 
 /// Options of `routelb allocator`.
@@ -161,6 +181,10 @@ pub struct AgentArgs {
     /// Namespace of the Secrets with BGP passwords (routelb's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "routelb-system")]
     pub namespace: String,
+    /// The node's NodeRoutingStatus (in `--namespace`) is written at most once per this
+    /// many seconds, only when it changed; 0 writes none.
+    #[arg(long, default_value_t = 5)]
+    pub report_interval: u64,
 }
 
 /// Where the agent's dataplane writes (shared by `agent` and `cleanup`).
@@ -242,6 +266,7 @@ impl Command {
             Command::Render(_) => "render",
             Command::Cleanup(_) => "cleanup",
             Command::Crds => "crds",
+            Command::Status(_) => "status",
         }
     }
 }
@@ -295,6 +320,36 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             let text = render_files(&args.template, &args.context)?;
             std::io::stdout().lock().write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let target = match args.what.as_slice() {
+                [] => crate::status::Target::Cluster,
+                [kind, name] if ["svc", "service", "services"].contains(&kind.as_str()) => {
+                    crate::status::Target::Service {
+                        namespace: args.namespace.clone(),
+                        name: name.clone(),
+                    }
+                }
+                other => anyhow::bail!(
+                    "routelb status takes nothing (the cluster) or `svc NAME` (one Service), not {:?}",
+                    other.join(" ")
+                ),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+            let verdict = runtime.block_on(async {
+                let client = client(cli.kubeconfig.as_deref()).await?;
+                crate::status::run(
+                    client,
+                    &target,
+                    &args.routelb_namespace,
+                    &mut std::io::stdout().lock(),
+                )
+                .await
+            })?;
+            Ok(match verdict {
+                routelb_core::status::chain::Verdict::Fail => ExitCode::from(2),
+                _ => ExitCode::SUCCESS,
+            })
         }
     }
 }
@@ -398,6 +453,10 @@ async fn agent(kubeconfig: Option<&std::path::Path>, args: &AgentArgs) -> anyhow
             ..Default::default()
         }),
         l2: (!args.no_l2).then(|| l2_options(args)),
+        report: (args.report_interval > 0).then(|| crate::agent::report::ReportOptions {
+            namespace: args.namespace.clone(),
+            interval: Duration::from_secs(args.report_interval),
+        }),
     };
     let health = crate::health::Health::new();
     let bound = crate::health::serve(args.health_addr, health.clone()).await?;

@@ -8,6 +8,7 @@
 //! - [`daemon`]: the routing daemons (BIRD, FRR) behind one trait.
 //! - [`allocator`], [`agent`]: the two components' shells: read, decide (core), write.
 //! - [`cli`], [`health`], [`metrics`]: the binary, probes and `/metrics`.
+//! - [`status`]: `routelb status`, the routing chain as seen from the cluster.
 
 pub mod agent;
 pub mod allocator;
@@ -18,3 +19,4 @@ pub mod health;
 pub mod k8s;
 pub mod kernel;
 pub mod metrics;
+pub mod status;

@@ -16,7 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube_core::ResourceExt;
 
-use crate::crd::{AddressPool, AddressPoolStatus, BGPPeer, ConditionsStatus, FamilyUsage};
+use crate::crd::{
+    AddressPool, AddressPoolStatus, BGPPeer, BGPPeerStatus, FamilyUsage, NodeRoutingStatus,
+};
 use crate::index::{Index, ObjectKey};
 use crate::ipam::{Allocation, Assignment, Ipam, PoolConfig, ServiceKey, ServiceRequest};
 use crate::report::Once;
@@ -870,15 +872,29 @@ fn readiness(
 
 /// Conditions being built, keeping each one's transition time when its status did not
 /// change.
-struct Conditions<'a> {
+pub(crate) struct Conditions<'a> {
     generation: Option<i64>,
     current: &'a [Condition],
     now: Timestamp,
     list: Vec<Condition>,
 }
 
-impl Conditions<'_> {
-    fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+impl<'a> Conditions<'a> {
+    /// Conditions for an object at `generation`, keeping transition times from `current`.
+    pub(crate) fn new(generation: Option<i64>, current: &'a [Condition], now: Timestamp) -> Self {
+        Conditions {
+            generation,
+            current,
+            now,
+            list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn into_list(self) -> Vec<Condition> {
+        self.list
+    }
+
+    pub(crate) fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         let status = if status { "True" } else { "False" };
         let previous = self.current.iter().find(|c| c.type_ == type_);
         let last_transition_time = match previous {
@@ -929,19 +945,19 @@ impl Index<Namespace> for Core {
 
 /// The status a BGPPeer should have at `now`: whether the allocator finds it usable
 /// (`Valid`), from the checks that do not depend on a node (a node may still leave it
-/// out, for its password or its own address: the agents say so in Events).
-pub fn peer_status(peer: &BGPPeer, now: Timestamp) -> ConditionsStatus {
+/// out, for its password or its own address: the agents say so in Events), and whether
+/// the nodes that peer with it have the session Established, from their reports.
+pub fn peer_status(
+    peer: &BGPPeer,
+    reports: &[Arc<NodeRoutingStatus>],
+    now: Timestamp,
+) -> BGPPeerStatus {
     let generation = peer.metadata.generation;
     let current = peer
         .status
         .as_ref()
         .map_or(&[][..], |s| s.conditions.as_slice());
-    let mut conditions = Conditions {
-        generation,
-        current,
-        now,
-        list: Vec::new(),
-    };
+    let mut conditions = Conditions::new(generation, current, now);
     match crate::routing::context::check_peer(&peer.spec) {
         Ok(_) => conditions.set("Valid", true, "Valid", "rendered for the nodes it selects"),
         Err(why) => conditions.set(
@@ -951,10 +967,13 @@ pub fn peer_status(peer: &BGPPeer, now: Timestamp) -> ConditionsStatus {
             &format!("{why}; nodes keep its last valid version, or leave it out"),
         ),
     }
-    ConditionsStatus {
-        conditions: conditions.list,
+    let mut status = BGPPeerStatus {
+        conditions: conditions.into_list(),
         observed_generation: generation,
-    }
+        ..BGPPeerStatus::default()
+    };
+    crate::status::peer_session_status(peer, reports, &mut status, now);
+    status
 }
 
 /// Whether two lists of conditions differ in anything but transition times.

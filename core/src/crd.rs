@@ -1,5 +1,6 @@
-//! The routelb custom resources (`routelb.io/v1alpha1`, all cluster-scoped):
-//! [`AddressPool`], [`BGPPeer`] and [`RouterConfig`].
+//! The routelb custom resources (`routelb.io/v1alpha1`): [`AddressPool`], [`BGPPeer`]
+//! and [`RouterConfig`] (cluster-scoped, written by users), and [`NodeRoutingStatus`]
+//! (namespaced, one per node, written by that node's agent).
 //!
 //! Field names are part of the product (see DESIGN.md). Validation that the API server
 //! can do on its own (ranges, patterns, CEL rules) lives in the schema so a bad object is
@@ -253,12 +254,18 @@ pub struct BfdConfig {
     plural = "bgppeers",
     shortname = "bgppeer",
     category = "routelb",
-    status = "ConditionsStatus",
+    status = "BGPPeerStatus",
     derive = "PartialEq",
     derive = "Default",
     doc = "A BGP router that the routing daemon on the selected nodes peers with.",
     printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"),
     printcolumn(name = "ASN", type_ = "integer", json_path = ".spec.asn"),
+    printcolumn(
+        name = "Established",
+        type_ = "string",
+        description = "Nodes with the session Established, of the nodes that have it configured",
+        json_path = ".status.sessions"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -307,14 +314,47 @@ pub struct BGPPeerSpec {
     pub node_selector: Option<LabelSelector>,
 }
 
-/// Conditions and the generation they describe.
+/// Observed state of a BGPPeer, written by the allocator's leader (one writer) from
+/// the nodes' NodeRoutingStatus reports.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ConditionsStatus {
+pub struct BGPPeerStatus {
+    /// `Valid` (usable as written) and `Established` (every node that has the session
+    /// configured has it Established).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Nodes whose routing daemon has a session with this router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<i32>,
+    /// Of those, the nodes where it is Established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established: Option<i32>,
+    /// `established/nodes`, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<String>,
+    /// Nodes where the session is not Established (the first few), with its state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub down: Vec<String>,
+}
+
+/// Observed state of a RouterConfig, written by the allocator's leader from the nodes'
+/// NodeRoutingStatus reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterConfigStatus {
+    /// `Conflict` (another RouterConfig selects some of the same nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes whose agent reports this RouterConfig as the one governing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<i32>,
+    /// Nodes also selected by another RouterConfig (the first few), and which one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
 }
 
 /// The routing daemon running beside the agent.
@@ -338,13 +378,19 @@ pub enum Daemon {
     plural = "routerconfigs",
     shortname = "lbrouter",
     category = "routelb",
-    status = "ConditionsStatus",
+    status = "RouterConfigStatus",
     derive = "PartialEq",
     derive = "Default",
     doc = "Routing settings (local ASN, router ID, daemon, kernel table) for the nodes it selects.",
     printcolumn(name = "ASN", type_ = "integer", json_path = ".spec.asn"),
     printcolumn(name = "Daemon", type_ = "string", json_path = ".spec.daemon"),
     printcolumn(name = "Table", type_ = "integer", json_path = ".spec.routeTable"),
+    printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        description = "Nodes governed by this RouterConfig",
+        json_path = ".status.nodes"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -474,11 +520,225 @@ pub struct ClusterIpsSpec {
     pub aggregate: Option<bool>,
 }
 
+/// Where the cluster's routing stands on one node, written by that node's agent.
+// clippy reads repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    crates(kube_core = "::kube_core"),
+    group = "routelb.io",
+    version = "v1alpha1",
+    kind = "NodeRoutingStatus",
+    plural = "noderoutingstatuses",
+    shortname = "lbnode",
+    category = "routelb",
+    namespaced,
+    status = "NodeRoutingReport",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "What one node's agent and routing daemon do: the daemon, its BGP sessions, what the node announces. Written by that node's agent, one object per node in routelb's namespace, deleted with its Node.",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
+    printcolumn(
+        name = "Daemon",
+        type_ = "string",
+        json_path = ".status.daemon.summary"
+    ),
+    printcolumn(
+        name = "Sessions",
+        type_ = "string",
+        description = "BGP sessions Established / configured",
+        json_path = ".status.sessionsEstablished"
+    ),
+    printcolumn(
+        name = "Announced",
+        type_ = "integer",
+        description = "Service addresses the node announces",
+        json_path = ".status.announced.total"
+    ),
+    printcolumn(
+        name = "Reload",
+        type_ = "string",
+        description = "Result of the last reload with a new configuration",
+        json_path = ".status.daemon.lastReload.result"
+    ),
+    printcolumn(
+        name = "Last Reload",
+        type_ = "date",
+        json_path = ".status.daemon.lastReload.time"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRoutingStatusSpec {
+    /// The Node reported on (also the object's name).
+    pub node_name: String,
+}
+
+/// One node's report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRoutingReport {
+    /// The RouterConfig governing the node (none: routing is left alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_config: Option<String>,
+    /// Other RouterConfigs that also select the node (ignored while the first exists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_selected_by: Vec<String>,
+    /// The routing daemon beside the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonReport>,
+    /// The daemon's BGP sessions, as the daemon reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<SessionReport>,
+    /// `established/configured`, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_established: Option<String>,
+    /// What the node announces.
+    #[serde(default)]
+    pub announced: AnnouncedReport,
+    /// Where the node's entries live in the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelReport>,
+    /// Addresses of local (L2) pools this node answers ARP/NDP for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub l2: Vec<L2Report>,
+    /// `DaemonUp`, `ConfigLoaded`, `SessionsEstablished`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The routing daemon as the agent last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonReport {
+    /// `bird` or `frr`.
+    pub name: String,
+    /// The daemon's own version string (e.g. `2.0.12`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Whether it answered at the last check.
+    pub up: bool,
+    /// `bird 2.0.12`, `frr 8.4.4`, `bird down`, for the printer column.
+    pub summary: String,
+    /// Why it does not answer, or what it is waiting for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// SHA-256 of the configuration it runs (as rendered by the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// The last reload with a new configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ReloadReport>,
+}
+
+/// A reload with a new configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    /// `ok` or `failed`.
+    pub result: String,
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// The daemon's (or its checker's) message when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One BGP session, as the routing daemon reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionReport {
+    /// The BGPPeer this session is for (none: configured by a template, not a BGPPeer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The router's address.
+    pub address: String,
+    /// The router's AS number, as configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    /// The BGP state: `Established`, `Active`, `Connect`, `OpenSent`, `OpenConfirm`, `Idle`.
+    pub state: String,
+    /// When the session entered its state, where the daemon says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Prefixes sent to the router (all families).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes_sent: Option<u64>,
+    /// Prefixes received from the router (all families).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes_received: Option<u64>,
+    /// The daemon's last error on the session, in its words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl SessionReport {
+    pub fn established(&self) -> bool {
+        self.state.eq_ignore_ascii_case("established")
+    }
+}
+
+/// What a node announces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnnouncedReport {
+    /// Service addresses in all (each kind below; a shared address counts once).
+    pub total: u32,
+    /// LoadBalancer ingress addresses.
+    pub load_balancer: u32,
+    /// `spec.externalIPs`.
+    pub external: u32,
+    /// Cluster IPs.
+    pub cluster: u32,
+    /// Prefixes routed to the interface in the table (what the daemon reads).
+    pub prefixes: u32,
+    /// The addresses themselves, while few (see `addressesTruncated`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// True when `addresses` lists only some of them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub addresses_truncated: bool,
+}
+
+/// The kernel side of a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelReport {
+    /// The interface holding the addresses (`kube-lb0`).
+    pub interface: String,
+    /// `dummy`, or `bridge` where the kernel has no dummy links.
+    pub link_kind: String,
+    /// `address` (addresses on the interface) or `local-route`.
+    pub vip_mode: String,
+    /// The routing table and route protocol of routelb's routes.
+    pub table: u32,
+    pub protocol: u8,
+    /// The last error the kernel returned, if the last reconcile had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A local-pool address this node answers for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct L2Report {
+    pub address: String,
+    pub interface: String,
+}
+
 /// The CustomResourceDefinitions of every routelb resource.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    vec![AddressPool::crd(), BGPPeer::crd(), RouterConfig::crd()]
+    vec![
+        AddressPool::crd(),
+        BGPPeer::crd(),
+        RouterConfig::crd(),
+        NodeRoutingStatus::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML file, as shipped in `deploy/crds.yaml`.
@@ -497,10 +757,14 @@ mod tests {
     use kube_core::Resource;
 
     #[test]
-    fn crds_are_cluster_scoped_in_the_routelb_group() {
+    fn crds_are_in_the_routelb_group_and_users_ones_cluster_scoped() {
         for crd in crds() {
             assert_eq!(crd.spec.group, GROUP);
-            assert_eq!(crd.spec.scope, "Cluster");
+            let scope = match crd.spec.names.kind.as_str() {
+                "NodeRoutingStatus" => "Namespaced",
+                _ => "Cluster",
+            };
+            assert_eq!(crd.spec.scope, scope, "{}", crd.spec.names.kind);
             assert_eq!(crd.spec.versions.len(), 1);
             assert_eq!(crd.spec.versions[0].name, VERSION);
             assert!(

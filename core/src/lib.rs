@@ -3,7 +3,7 @@
 //! (`clippy.toml`). The shells in the `routelb` crate read the world, call in here to
 //! decide, and write what was decided.
 //!
-//! - [`crd`]: the API types (AddressPool, BGPPeer, RouterConfig).
+//! - [`crd`]: the API types (AddressPool, BGPPeer, RouterConfig, NodeRoutingStatus).
 //! - [`service`], [`selector`]: reading Services and label selectors.
 //! - [`ipam`]: pools and the O(log n) allocation index.
 //! - [`allocation`]: the allocator's decisions (Service status, Events, pool status).
@@ -14,6 +14,7 @@
 //! - [`routing`]: which RouterConfig governs a node, the template context, rendering.
 //! - [`index`]: feeding watches into the components' state, relists included.
 //! - [`report`]: the objects Events are about, and reporting a problem once.
+//! - [`status`]: per-node routing reports, BGPPeer and RouterConfig status, `routelb status`.
 
 pub mod advertise;
 pub mod allocation;
@@ -28,3 +29,4 @@ pub mod report;
 pub mod routing;
 pub mod selector;
 pub mod service;
+pub mod status;

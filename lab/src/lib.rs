@@ -80,6 +80,20 @@ impl Options {
             l2: false,
         }
     }
+
+    /// The lab the tests run: this checkout, its debug binary (or `$ROUTELB_BIN`), a
+    /// `router` and `nodes`.
+    pub fn for_tests(router: Kind, nodes: &[Kind]) -> Options {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let routelb = std::env::var_os("ROUTELB_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("target/debug/routelb"));
+        let repo = repo.canonicalize().unwrap_or(repo);
+        let mut o = Options::new(routelb, repo);
+        o.router = router;
+        o.nodes = nodes.to_vec();
+        o
+    }
 }
 
 /// A child process, killed and reaped on drop.
@@ -774,37 +788,56 @@ impl Lab {
     }
 
     fn start_routers(&mut self) -> anyhow::Result<()> {
-        for (i, r) in self.routers.clone().iter().enumerate() {
-            match self.opts.router {
-                Kind::Bird => {
-                    let conf = self.opts.repo.join("examples/bird/router.conf");
-                    let mut cmd = Command::new("ip");
-                    cmd.args(["netns", "exec", &r.netns, "bird", "-f", "-c"])
-                        .arg(&conf)
-                        .arg("-s")
-                        .arg(r.dir.join("bird.ctl"))
-                        .arg("-P")
-                        .arg(r.dir.join("bird.pid"));
-                    self.spawn(&format!("router{i}"), &mut cmd, &r.dir.join("bird.log"))?;
-                }
-                Kind::Frr => {
-                    let fdir = r.dir.join("frr");
-                    Self::frr_dir(&fdir)?;
-                    let conf = fdir.join("frr.conf");
-                    std::fs::copy(self.opts.repo.join("examples/frr/router.conf"), &conf)?;
-                    run(Command::new("chown").arg("frr:frr").arg(&conf))?;
-                    for d in ["zebra", "bgpd", "bfdd"] {
-                        self.spawn(
-                            &format!("router{i}-{d}"),
-                            &mut Self::frr_cmd(&r.netns, d, &fdir, &conf),
-                            &fdir.join(format!("{d}.log")),
-                        )?;
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
+        for i in 0..self.routers.len() {
+            self.start_router(i)?;
+        }
+        Ok(())
+    }
+
+    /// Starts router `i`'s routing daemon (again).
+    pub fn start_router(&mut self, i: usize) -> anyhow::Result<()> {
+        let r = self.routers[i].clone();
+        match self.opts.router {
+            Kind::Bird => {
+                let conf = self.opts.repo.join("examples/bird/router.conf");
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &r.netns, "bird", "-f", "-c"])
+                    .arg(&conf)
+                    .arg("-s")
+                    .arg(r.dir.join("bird.ctl"))
+                    .arg("-P")
+                    .arg(r.dir.join("bird.pid"));
+                self.spawn(&format!("router{i}"), &mut cmd, &r.dir.join("bird.log"))?;
+            }
+            Kind::Frr => {
+                let fdir = r.dir.join("frr");
+                Self::frr_dir(&fdir)?;
+                let conf = fdir.join("frr.conf");
+                std::fs::copy(self.opts.repo.join("examples/frr/router.conf"), &conf)?;
+                run(Command::new("chown").arg("frr:frr").arg(&conf))?;
+                for d in ["zebra", "bgpd", "bfdd"] {
+                    self.spawn(
+                        &format!("router{i}-{d}"),
+                        &mut Self::frr_cmd(&r.netns, d, &fdir, &conf),
+                        &fdir.join(format!("{d}.log")),
+                    )?;
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Stops router `i`'s routing daemon (SIGTERM): its sessions with the nodes go down.
+    pub fn stop_router(&mut self, i: usize) {
+        match self.opts.router {
+            Kind::Bird => self.stop_proc(&format!("router{i}"), "-TERM"),
+            Kind::Frr => {
+                for d in ["bgpd", "bfdd", "zebra"] {
+                    self.stop_proc(&format!("router{i}-{d}"), "-TERM");
+                }
+            }
+        }
     }
 
     /// Starts a node's routing daemon with the bootstrap configuration of `examples/`.

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -50,12 +49,7 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
     let seconds = env_u64("ROUTELB_CHAOS_SECONDS").unwrap_or(40);
     eprintln!("chaos: ROUTELB_CHAOS_SEED={seed} ROUTELB_CHAOS_SECONDS={seconds}");
     let mut rng = Rng(seed);
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let routelb = std::env::var_os("ROUTELB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/debug/routelb"));
-    let mut opts = Options::new(routelb, repo.canonicalize().unwrap());
-    opts.nodes = vec![Kind::Bird, Kind::Frr, Kind::Bird];
+    let opts = Options::for_tests(Kind::Bird, &[Kind::Bird, Kind::Frr, Kind::Bird]);
     let mut lab = Lab::up(opts).await.expect("the lab comes up");
     lab.start_allocator_named("allocator-2", "lab-2").unwrap();
 

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
@@ -20,12 +19,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const FINE: Duration = Duration::from_millis(100);
 
 async fn up() -> Lab {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let routelb = std::env::var_os("ROUTELB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/debug/routelb"));
-    let mut o = Options::new(routelb, repo.canonicalize().unwrap());
-    o.nodes = vec![Kind::Bird; 3];
+    let mut o = Options::for_tests(Kind::Bird, &[Kind::Bird; 3]);
     o.l2 = true;
     Lab::up(o).await.expect("the lab comes up")
 }
@@ -185,6 +179,45 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
             .iter()
             .any(|n| n.contains(&format!("answers for {v4} on eth0 (ARP)"))),
         "{announced:?}"
+    );
+    // The nodes' reports list the address on the holder only, and `routelb status`
+    // follows the Service to it.
+    let reports: kube::Api<routelb_core::crd::NodeRoutingStatus> =
+        kube::Api::namespaced(lab.client.clone(), "routelb-system");
+    let start = Instant::now();
+    loop {
+        let list = reports.list(&Default::default()).await.unwrap().items;
+        let holders: Vec<(String, String)> = list
+            .iter()
+            .filter_map(|r| {
+                let l = r
+                    .status
+                    .as_ref()?
+                    .l2
+                    .iter()
+                    .find(|l| l.address == v4.to_string())?;
+                Some((r.spec.node_name.clone(), l.interface.clone()))
+            })
+            .collect();
+        if holders == [(lab.nodes[h].name.clone(), "eth0".to_string())] {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "reports listing {v4}: {holders:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = std::process::Command::new(&lab.opts.routelb)
+        .arg("--kubeconfig")
+        .arg(&lab.kubeconfig)
+        .args(["status", "svc", "l2web"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = format!("answers ARP/NDP for {v4} on eth0");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok ") && l.contains(&lab.nodes[h].name) && l.ends_with(&line)),
+        "{text}"
     );
 
     // The holder dies: its agent is killed and its link goes down.

@@ -1,7 +1,6 @@
 //! The whole system on the lab: real BIRD/FRR, real BGP, real ECMP routes, real TCP.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,14 +11,7 @@ use lab::{Kind, Lab, Options};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn options(router: Kind, nodes: &[Kind]) -> Options {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let routelb = std::env::var_os("ROUTELB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/debug/routelb"));
-    let mut o = Options::new(routelb, repo.canonicalize().unwrap());
-    o.router = router;
-    o.nodes = nodes.to_vec();
-    o
+    Options::for_tests(router, nodes)
 }
 
 async fn up(router: Kind, nodes: &[Kind]) -> Lab {

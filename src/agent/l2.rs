@@ -377,6 +377,19 @@ impl L2 {
         }
     }
 
+    /// The addresses this node answers for, and on which interface.
+    pub fn held(&self) -> Vec<routelb_core::crd::L2Report> {
+        self.view
+            .borrow()
+            .held
+            .iter()
+            .map(|(a, i)| routelb_core::crd::L2Report {
+                address: a.to_string(),
+                interface: i.clone(),
+            })
+            .collect()
+    }
+
     /// A one-line summary for the health detail.
     pub fn describe(&self, model: &L2Model) -> Option<String> {
         if !model.has_local_pools() {

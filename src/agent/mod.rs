@@ -16,6 +16,7 @@
 //! only once the daemon reads the new one: the routers never see a withdrawal.
 
 pub mod l2;
+pub mod report;
 pub mod routing;
 
 use std::collections::BTreeSet;
@@ -61,6 +62,8 @@ pub struct Options {
     pub routing: Option<routing::RoutingOptions>,
     /// Local (L2) pools; `None` leaves them unannounced.
     pub l2: Option<l2::L2Options>,
+    /// The node's NodeRoutingStatus; `None` writes none.
+    pub report: Option<report::ReportOptions>,
 }
 
 impl Options {
@@ -76,6 +79,7 @@ impl Options {
             events_per_second: 10.0,
             routing: None,
             l2: Some(l2::L2Options::default()),
+            report: Some(report::ReportOptions::default()),
         }
     }
 }
@@ -240,6 +244,9 @@ struct Agent {
     /// Addresses the kernel had at start (an earlier run's): no news on the first pass.
     adopted: Option<BTreeSet<IpAddr>>,
     reported: Once<&'static str>,
+    /// Other RouterConfigs selecting the node (ignored while the governing one exists).
+    also_selected_by: Vec<String>,
+    reporter: Option<report::Reporter>,
 }
 
 /// Runs the agent until `shutdown` turns true. The kernel keeps its state on exit.
@@ -290,6 +297,10 @@ pub async fn run(
         }
         None => None,
     };
+    let reporter = opts
+        .report
+        .clone()
+        .map(|r| report::Reporter::start(client.clone(), &opts.node_name, r));
     let publisher = Publisher::start(
         client,
         "routelb.io/agent",
@@ -334,6 +345,8 @@ pub async fn run(
         pending: Vec::new(),
         adopted: None,
         reported: Once::default(),
+        also_selected_by: Vec::new(),
+        reporter,
     };
     // L2 elections and lifetimes need a finer step than routing does.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -410,7 +423,7 @@ impl Agent {
                 }
                 Vec::new()
             }
-            Input::Namespace(_) => Vec::new(),
+            Input::Namespace(_) | Input::NodeStatus(_) => Vec::new(),
         };
         self.pending.extend(changes);
     }
@@ -469,6 +482,7 @@ impl Agent {
                 why.clone(),
             );
         }
+        self.also_selected_by = selection.also_selecting.clone();
         if let Some(conflict) = selection.conflict(&node) {
             self.warn(Regarding::node(&node), "RouterConfigConflict", conflict);
         }
@@ -680,6 +694,81 @@ impl Agent {
         health.set(status.reconciles > 0, detail);
         let by_kind = self.model.announced_by_kind();
         publish_metrics(self.state.as_ref(), by_kind, &status, routing, dropped);
+        // Reported once the kernel was reconciled: before, the interface's kind (dummy or
+        // the bridge fallback) and what it holds are not known yet.
+        if let Some(reporter) = self.reporter.as_ref().filter(|_| status.reconciles > 0) {
+            reporter.offer(self.offer(&status, by_kind, routing));
+        }
+    }
+
+    /// What the node's report is made of, as the agent knows it now.
+    fn offer(
+        &self,
+        dp: &crate::kernel::Status,
+        by_kind: [usize; 3],
+        routing: &std::sync::Mutex<routing::RoutingStatus>,
+    ) -> report::Offer {
+        let plan = self.plan.borrow();
+        let node = self.stores.nodes.state().first().cloned();
+        let daemon = match (&plan.router, &self.opts.routing) {
+            (Some(rc), Some(_)) => {
+                let r = routing.lock().unwrap_or_else(|e| e.into_inner());
+                let name = r.daemon.map(str::to_string).unwrap_or_else(|| {
+                    format!("{:?}", rc.spec.daemon.unwrap_or_default()).to_lowercase()
+                });
+                Some((
+                    routelb_core::status::DaemonFacts {
+                        name,
+                        version: r.version.clone(),
+                        up: r.reachable,
+                        message: (!r.state.is_empty()).then(|| r.state.clone()),
+                        config_hash: r.config_hash.clone(),
+                        last_reload: r.last_reload.clone(),
+                    },
+                    r.sessions.clone(),
+                ))
+            }
+            _ => None,
+        };
+        let (daemon, sessions) = match daemon {
+            Some((d, s)) => (Some(d), s),
+            None => (None, Some(Vec::new())),
+        };
+        let state = self.state.as_ref();
+        let c = &plan.contract;
+        let facts = routelb_core::status::NodeFacts {
+            router_config: plan.router.as_ref().map(|rc| rc.name_any()),
+            also_selected_by: self.also_selected_by.clone(),
+            daemon,
+            sessions,
+            by_kind,
+            addresses: state
+                .map(|s| s.addresses.iter().copied().collect())
+                .unwrap_or_default(),
+            prefixes: state.map_or(0, |s| s.prefixes.len()),
+            kernel: Some(routelb_core::crd::KernelReport {
+                interface: c.interface.clone(),
+                link_kind: if dp.fallback.is_some() {
+                    "bridge"
+                } else {
+                    "dummy"
+                }
+                .into(),
+                vip_mode: match self.opts.vip_mode {
+                    VipMode::Address => "address",
+                    VipMode::LocalRoute => "local-route",
+                }
+                .into(),
+                table: c.table,
+                protocol: c.protocol,
+                last_error: dp.last_error.clone(),
+            }),
+            l2: self.l2.as_ref().map(|l| l.held()).unwrap_or_default(),
+        };
+        report::Offer {
+            facts,
+            node_uid: node.and_then(|n| n.metadata.uid.clone()),
+        }
     }
 }
 

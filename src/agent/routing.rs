@@ -17,8 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use routelb_core::crd::{AddressPoolSpec, BGPPeerSpec, Daemon as DaemonKind, SecretKeyRef};
+use routelb_core::crd::{
+    AddressPoolSpec, BGPPeerSpec, Daemon as DaemonKind, ReloadReport, SecretKeyRef, SessionReport,
+};
 use routelb_core::net::KernelContract;
 use routelb_core::report::{Once, Regarding};
 use routelb_core::routing::context::{
@@ -82,7 +85,8 @@ impl RoutingOptions {
     }
 }
 
-/// What the routing task last did, for readiness details and metrics.
+/// What the routing task last did, for readiness details, metrics and the node's
+/// NodeRoutingStatus.
 #[derive(Clone, Debug, Default)]
 pub struct RoutingStatus {
     pub state: String,
@@ -91,6 +95,15 @@ pub struct RoutingStatus {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_good_reload: Option<SystemTime>,
+    /// The daemon's version, read once per daemon process.
+    pub version: Option<String>,
+    /// The sessions as the daemon last reported them, named after their BGPPeers;
+    /// `None` when they could not be read.
+    pub sessions: Option<Vec<SessionReport>>,
+    /// SHA-256 of the configuration the daemon runs, as routelb rendered it.
+    pub config_hash: Option<String>,
+    /// The last reload with a new configuration.
+    pub last_reload: Option<ReloadReport>,
 }
 
 /// What the routing task reads.
@@ -162,6 +175,7 @@ pub fn spawn(
         instances: BTreeMap::new(),
         given: BTreeMap::new(),
         objects: Once::default(),
+        versions: BTreeMap::new(),
     };
     tokio::spawn(task.run(inputs));
     reads_rx
@@ -245,6 +259,8 @@ struct Task {
     given: BTreeMap<&'static str, Option<KernelContract>>,
     /// Problems with single objects, reported once each.
     objects: Once<String>,
+    /// Each daemon's version, with the process it was read from.
+    versions: BTreeMap<&'static str, (String, Option<String>)>,
 }
 
 impl Task {
@@ -398,6 +414,7 @@ impl Task {
                     context,
                 } => {
                     self.follow(&daemon).await;
+                    self.observe(&daemon).await;
                     let programmed = inputs.programmed.borrow().contains(&plan.contract);
                     self.offer(daemon, text, plan.contract.clone(), *context, programmed)
                         .await;
@@ -470,6 +487,46 @@ impl Task {
         }
     }
 
+    /// Reads the daemon's sessions (and, once per daemon process, its version) for the
+    /// node's report, naming each after the BGPPeer of its address.
+    async fn observe(&mut self, daemon: &Arc<dyn RoutingDaemon>) {
+        let name = daemon.name();
+        let Some(Ok(instance)) = self.instances.get(name).cloned() else {
+            self.set(|s| s.sessions = None);
+            return;
+        };
+        let fresh = self.versions.get(name).is_none_or(|(i, _)| *i != instance);
+        let d = daemon.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let version = if fresh { d.version() } else { None };
+            (version, d.sessions(k8s_openapi::jiff::Timestamp::now()))
+        })
+        .await;
+        let Ok((version, sessions)) = read else {
+            return;
+        };
+        if fresh {
+            self.versions.insert(name, (instance, version));
+        }
+        let version = self.versions.get(name).and_then(|(_, v)| v.clone());
+        let peers = self
+            .applied_context
+            .get(name)
+            .map(|c| c.peers.clone())
+            .unwrap_or_default();
+        let sessions = match sessions {
+            Ok(list) => Some(routelb_core::status::name_sessions(list, &peers)),
+            Err(e) => {
+                tracing::debug!(daemon = name, error = %e, "cannot read the daemon's sessions");
+                None
+            }
+        };
+        self.set(|s| {
+            s.version = version;
+            s.sessions = sessions;
+        });
+    }
+
     /// Gives the daemon a rendered configuration, unless it runs it already, refused it,
     /// or it reads a contract the kernel does not hold yet.
     async fn offer(
@@ -482,6 +539,8 @@ impl Task {
     ) {
         let name = daemon.name();
         if self.applied.get(name) == Some(&text) {
+            let hash = config_hash(&text);
+            self.set(|s| s.config_hash = Some(hash));
             self.reads(daemon.as_ref(), &contract);
             self.applied_context.entry(name).or_insert(context);
             // `follow` asked the daemon this round.
@@ -524,12 +583,19 @@ impl Task {
                 self.rejected.remove(name);
                 self.reads(daemon.as_ref(), &contract);
                 self.reported.clear(&());
+                let hash = config_hash(self.applied.get(name).map_or("", String::as_str));
                 self.set(|s| {
                     s.daemon = Some(name);
                     s.reachable = true;
                     s.reloads_ok += 1;
                     s.last_good_reload = Some(SystemTime::now());
                     s.state = format!("{name} reloaded");
+                    s.config_hash = Some(hash);
+                    s.last_reload = Some(ReloadReport {
+                        result: "ok".into(),
+                        time: Time(k8s_openapi::jiff::Timestamp::now()),
+                        message: None,
+                    });
                 });
             }
             Err(e) if e.is_unreachable() => {
@@ -548,6 +614,11 @@ impl Task {
                     s.daemon = Some(name);
                     s.reloads_failed += 1;
                     s.state = format!("keeping the last good {name} configuration: {e}");
+                    s.last_reload = Some(ReloadReport {
+                        result: "failed".into(),
+                        time: Time(k8s_openapi::jiff::Timestamp::now()),
+                        message: Some(e.to_string()),
+                    });
                 });
                 self.report("RoutingConfigRejected", &e.to_string());
             }
@@ -608,6 +679,13 @@ impl Task {
     }
 }
 
+/// `sha256:<hex>` of a configuration.
+fn config_hash(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 fn task_failed(e: &tokio::task::JoinError) -> DaemonError {
     DaemonError::Failed {
         what: "the routing daemon task".into(),
@@ -660,6 +738,37 @@ pub(crate) fn publish_metrics(r: &RoutingStatus) {
         &[],
         if r.reachable { 1.0 } else { 0.0 },
     );
+    if let Some(sessions) = &r.sessions {
+        M.clear("routelb_bgp_session_up");
+        M.clear("routelb_bgp_session_prefixes_sent");
+        M.clear("routelb_bgp_session_prefixes_received");
+        for s in sessions {
+            let peer = s.peer.as_deref().unwrap_or("");
+            let labels = [("peer", peer), ("address", s.address.as_str())];
+            M.set(
+                "routelb_bgp_session_up",
+                "1 when the BGP session with the router (peer: its BGPPeer) is Established, as the routing daemon reports it.",
+                &labels,
+                if s.established() { 1.0 } else { 0.0 },
+            );
+            if let Some(n) = s.prefixes_sent {
+                M.set(
+                    "routelb_bgp_session_prefixes_sent",
+                    "Prefixes the routing daemon sends to the router on the session.",
+                    &labels,
+                    n as f64,
+                );
+            }
+            if let Some(n) = s.prefixes_received {
+                M.set(
+                    "routelb_bgp_session_prefixes_received",
+                    "Prefixes the routing daemon receives from the router on the session.",
+                    &labels,
+                    n as f64,
+                );
+            }
+        }
+    }
     if let Some(t) = r
         .last_good_reload
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

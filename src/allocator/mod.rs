@@ -20,10 +20,8 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
-use routelb_core::allocation::{
-    Core, Effect, Outcome, Settings, conditions_differ, peer_status, status_differs,
-};
-use routelb_core::crd::{AddressPool, BGPPeer, PoolMode};
+use routelb_core::allocation::{Core, Effect, Outcome, Settings, peer_status, status_differs};
+use routelb_core::crd::{AddressPool, BGPPeer, NodeRoutingStatus, PoolMode, RouterConfig};
 use routelb_core::index::{Feed, WatchEvent};
 use routelb_core::l2::{
     ANNOUNCING_IPV4, ANNOUNCING_IPV6, LEASE_LABEL, Member, announcing_patch, pool_reach,
@@ -113,6 +111,9 @@ struct Caches {
     services: Store<Service>,
     pools: Store<AddressPool>,
     peers: Store<BGPPeer>,
+    configs: Store<RouterConfig>,
+    /// The nodes' NodeRoutingStatus reports, for BGPPeer and RouterConfig status.
+    reports: Store<NodeRoutingStatus>,
     feeds: [Feed; 3],
     /// The nodes' L2 records (node Leases), for the `announcing-*` annotations.
     members: Members,
@@ -179,6 +180,18 @@ fn stale<K: kube::Resource>(event: &WatchEvent<K>, listed: Option<u64>) -> bool 
     matches!((rv_number(obj.as_ref()), listed), (Some(rv), Some(l)) if rv <= l)
 }
 
+/// A status as a merge patch, with `clear` set to null where the status leaves it out
+/// (a merge patch keeps what it does not mention).
+fn status_patch<T: serde::Serialize>(status: &T, clear: &[&str]) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        for k in clear {
+            m.entry(*k).or_insert(serde_json::Value::Null);
+        }
+    }
+    json!({ "status": v })
+}
+
 /// Runs the allocator until `shutdown` turns true.
 pub async fn run(
     client: Client,
@@ -191,6 +204,8 @@ pub async fn run(
         services: watches.all(Input::Service),
         pools: watches.all(Input::Pool),
         peers: watches.all(Input::Peer),
+        configs: watches.all(Input::RouterConfig),
+        reports: watches.namespaced(&opts.lease_namespace, Input::NodeStatus),
         feeds: Default::default(),
         members: Members::new(None),
         leases: Feed::default(),
@@ -216,15 +231,15 @@ pub async fn run(
     );
     declare_metrics();
     let mut session: Option<Session> = None;
+    let mut routing_dirty = true;
     let mut tick = tokio::time::interval(opts.status_interval);
     loop {
         tokio::select! {
             input = inputs.recv() => {
                 let Some(input) = input else { break };
-                if let Input::Peer(WatchEvent::Apply(p) | WatchEvent::InitApply(p)) = &input {
-                    if let Some(s) = session.as_mut() {
-                        s.write_peer_status(p);
-                    }
+                if matches!(input, Input::Peer(_) | Input::RouterConfig(_) | Input::NodeStatus(_)) {
+                    // In the caches already; their statuses are written at the next tick.
+                    routing_dirty = true;
                     continue;
                 }
                 let effects = caches.feed(session.as_mut(), input);
@@ -235,6 +250,9 @@ pub async fn run(
             _ = leading.changed() => {}
             _ = tick.tick() => {
                 if let Some(s) = session.as_mut() {
+                    if std::mem::take(&mut routing_dirty) {
+                        s.write_routing_statuses(&caches);
+                    }
                     s.write_pool_statuses(&caches.pools);
                     s.write_announcing(&caches.services, &caches.pools, &mut caches.members);
                     pool_gauges(&s.core);
@@ -261,9 +279,7 @@ pub async fn run(
                 .await
                 {
                     Ok(mut s) => {
-                        for p in caches.peers.state() {
-                            s.write_peer_status(&p);
-                        }
+                        s.write_routing_statuses(&caches);
                         health.set(true, "leader: assigning addresses");
                         session = Some(s);
                     }
@@ -314,7 +330,12 @@ fn declare_metrics() {
     ] {
         METRICS.declare(FAILURES, FAILURES_HELP, &[("reason", reason)]);
     }
-    for operation in ["service_status", "pool_status", "peer_status"] {
+    for operation in [
+        "service_status",
+        "pool_status",
+        "peer_status",
+        "router_config_status",
+    ] {
         METRICS.declare(
             ERRORS,
             ERRORS_HELP,
@@ -559,26 +580,57 @@ impl Session {
         }
     }
 
-    /// Writes a BGPPeer's `Valid` condition when it changed.
-    fn write_peer_status(&mut self, peer: &BGPPeer) {
+    /// Writes the BGPPeers' and RouterConfigs' status where it changed: `Valid`, and
+    /// from the nodes' reports the sessions Established and the nodes governed. One
+    /// writer (the leader), at most once per object per tick.
+    fn write_routing_statuses(&mut self, caches: &Caches) {
         if !self.fence.holds(self.term) {
             return;
         }
-        let status = peer_status(peer, k8s_openapi::jiff::Timestamp::now());
-        let current = peer.status.clone().unwrap_or_default();
-        if current.observed_generation == status.observed_generation
-            && !conditions_differ(&current.conditions, &status.conditions)
-        {
-            return;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let reports = caches.reports.state();
+        for peer in caches.peers.state() {
+            let status = peer_status(&peer, &reports, now);
+            if !peer
+                .status
+                .as_ref()
+                .is_none_or(|c| routelb_core::status::peer_status_differs(c, &status))
+            {
+                continue;
+            }
+            let patch = status_patch(&status, &["nodes", "established", "sessions", "down"]);
+            self.write_status::<BGPPeer>(peer.name_any(), patch, "peer_status");
         }
-        let name = peer.name_any();
-        let api: Api<BGPPeer> = Api::all(self.client.clone());
+        for rc in caches.configs.state() {
+            let status = routelb_core::status::router_config_status(&rc, &reports, now);
+            if !rc
+                .status
+                .as_ref()
+                .is_none_or(|c| routelb_core::status::router_config_status_differs(c, &status))
+            {
+                continue;
+            }
+            let patch = status_patch(&status, &["nodes", "conflicts"]);
+            self.write_status::<RouterConfig>(rc.name_any(), patch, "router_config_status");
+        }
+    }
+
+    /// Merge-patches a cluster-scoped object's status, fenced on the term.
+    fn write_status<K>(&mut self, name: String, patch: serde_json::Value, operation: &'static str)
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + 'static,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
         let (fence, term) = (self.fence.clone(), self.term);
         self.pool_writes.spawn(async move {
             if !fence.holds(term) {
                 return;
             }
-            let patch = json!({"status": status});
             if let Err(e) = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -586,10 +638,10 @@ impl Session {
                 METRICS.inc(
                     ERRORS,
                     ERRORS_HELP,
-                    &[("component", "allocator"), ("operation", "peer_status")],
+                    &[("component", "allocator"), ("operation", operation)],
                     1.0,
                 );
-                tracing::warn!(peer = %name, error = %e, "writing BGPPeer status failed");
+                tracing::warn!(object = %name, kind = K::kind(&()).as_ref(), error = %e, "writing status failed");
             }
         });
     }

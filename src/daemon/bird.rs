@@ -85,6 +85,22 @@ impl RoutingDaemon for Bird {
         })
     }
 
+    fn version(&self) -> Option<String> {
+        let raw = bird_reply(&self.socket, "show status").ok()?;
+        routelb_core::status::bird::parse_version(&raw.join("\n"))
+    }
+
+    fn sessions(
+        &self,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> Result<Vec<routelb_core::crd::SessionReport>, DaemonError> {
+        let raw = bird_reply(&self.socket, "show protocols all")?;
+        Ok(routelb_core::status::bird::parse_protocols(
+            &raw.join("\n"),
+            now,
+        ))
+    }
+
     fn reload(&self) -> Result<(), DaemonError> {
         match self.command(&format!("configure \"{}\"", self.config.display()))? {
             Ok(_) => Ok(()),
@@ -120,6 +136,38 @@ pub fn bird_command(
     socket: &Path,
     command: &str,
 ) -> Result<Result<Vec<String>, Refused>, DaemonError> {
+    let raw = bird_reply(socket, command)?;
+    let mut code = 0;
+    let lines: Vec<String> = raw
+        .iter()
+        .map(|line| match line_code(line) {
+            Some(c) => {
+                code = c;
+                line.get(5..).unwrap_or_default().to_string()
+            }
+            None => line.trim_start_matches(['+', ' ']).to_string(),
+        })
+        .collect();
+    if code >= 8000 {
+        return Ok(Err(Refused {
+            code,
+            message: lines.join(" | "),
+        }));
+    }
+    Ok(Ok(lines))
+}
+
+/// A reply line's code (`1002` of `1002-...`), if it has one.
+fn line_code(line: &str) -> Option<u16> {
+    line.get(..4)
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|c| c.parse().ok())
+}
+
+/// Runs one command over BIRD's control socket and returns the reply's raw lines, codes
+/// included (`1002-...`, continuation lines starting with a space), up to and including
+/// its last line (a code followed by a space).
+pub fn bird_reply(socket: &Path, command: &str) -> Result<Vec<String>, DaemonError> {
     let at = |what: &str| format!("{what} {}", socket.display());
     let stream =
         UnixStream::connect(socket).map_err(|e| DaemonError::unreachable(at("connect"), &e))?;
@@ -132,7 +180,7 @@ pub fn bird_command(
             .map_err(|e| DaemonError::unreachable(at("use"), &e))?,
     );
     let mut writer = stream;
-    let mut read_reply = || -> Result<(u16, Vec<String>), DaemonError> {
+    let mut read_reply = || -> Result<Vec<String>, DaemonError> {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
@@ -147,15 +195,10 @@ pub fn bird_command(
                 });
             }
             let line = line.trim_end_matches('\n').to_string();
-            let code = line.get(..4).and_then(|c| c.parse::<u16>().ok());
-            let last = code.is_some() && line.as_bytes().get(4) == Some(&b' ');
-            let text = match code {
-                Some(_) => line.get(5..).unwrap_or_default().to_string(),
-                None => line.trim_start_matches(['+', ' ']).to_string(),
-            };
-            lines.push(text);
+            let last = line_code(&line).is_some() && line.as_bytes().get(4) == Some(&b' ');
+            lines.push(line);
             if last {
-                return Ok((code.unwrap_or(0), lines));
+                return Ok(lines);
             }
         }
     };
@@ -164,14 +207,7 @@ pub fn bird_command(
     writer
         .write_all(format!("{command}\n").as_bytes())
         .map_err(|e| DaemonError::unreachable(at("write to"), &e))?;
-    let (code, lines) = read_reply()?;
-    if code >= 8000 {
-        return Ok(Err(Refused {
-            code,
-            message: lines.join(" | "),
-        }));
-    }
-    Ok(Ok(lines))
+    read_reply()
 }
 
 #[cfg(test)]

@@ -128,6 +128,24 @@ impl RoutingDaemon for Frr {
             .to_string())
     }
 
+    fn version(&self) -> Option<String> {
+        routelb_core::status::frr::parse_version(&self.vtysh("show version").ok()?)
+    }
+
+    fn sessions(
+        &self,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> Result<Vec<routelb_core::crd::SessionReport>, DaemonError> {
+        let text = self.vtysh("show bgp neighbors json")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| DaemonError::Failed {
+                what: "read vtysh -c 'show bgp neighbors json'".into(),
+                errno: None,
+                message: e.to_string(),
+            })?;
+        Ok(routelb_core::status::frr::parse_neighbors(&json, now))
+    }
+
     /// The process IDs of zebra and bgpd (their pid files beside the vty sockets).
     fn instance(&self) -> Result<String, DaemonError> {
         self.probe()?;

@@ -28,6 +28,14 @@ pub trait RoutingDaemon: fmt::Debug + Send + Sync {
     fn validate(&self, text: &str) -> Result<(), DaemonError>;
     /// Makes the running daemon load the configuration file as it is now.
     fn reload(&self) -> Result<(), DaemonError>;
+    /// The daemon's version (`2.0.12`), when it says.
+    fn version(&self) -> Option<String>;
+    /// The BGP sessions as the daemon reports them (its own status interface: BIRD's
+    /// control socket, FRR's vtysh JSON), at `now`.
+    fn sessions(
+        &self,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> Result<Vec<routelb_core::crd::SessionReport>, DaemonError>;
 
     /// After a reload from the configuration rendered from `before` to the one from
     /// `after`: whatever the daemon needs to apply it fully (FRR applies BGP timers only

@@ -18,7 +18,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use routelb_core::crd::{AddressPool, BGPPeer, RouterConfig};
+use routelb_core::crd::{AddressPool, BGPPeer, NodeRoutingStatus, RouterConfig};
 use routelb_core::index::WatchEvent;
 use tokio::sync::mpsc;
 
@@ -34,6 +34,7 @@ pub enum Input {
     Peer(WatchEvent<BGPPeer>),
     Secret(WatchEvent<Secret>),
     Lease(WatchEvent<Lease>),
+    NodeStatus(WatchEvent<NodeRoutingStatus>),
 }
 
 /// What can be watched into a cache.

@@ -595,3 +595,119 @@ async fn external_and_cluster_ips_follow_router_config_annotations_and_policies(
         n.wait("198.51.100.10", false).await;
     }
 }
+
+/// The node's NodeRoutingStatus: owned by its Node, written when something changed and
+/// at most once per `--report-interval`, nothing while nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_report_is_written_on_change_only_at_a_bounded_rate() {
+    use futures::StreamExt;
+    use kube::api::WatchEvent;
+    use routelb_core::crd::NodeRoutingStatus;
+    let c = Cluster::new().await;
+    c.node("node-1", &[]).await;
+    let ns = NetNs::new("report");
+    let health = free_port();
+    let kc = c.kubeconfig();
+    let netns = format!("/run/netns/{}", ns.name);
+    let _agent = Proc::routelb(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "agent",
+        "--node-name",
+        "node-1",
+        "--netns",
+        &netns,
+        "--health-addr",
+        &format!("127.0.0.1:{health}"),
+        "--report-interval",
+        "2",
+    ]);
+    let api: kube::Api<NodeRoutingStatus> =
+        kube::Api::namespaced(c.client.clone(), "routelb-system");
+    let first = eventually("the node's report", || async {
+        api.get_opt("node-1")
+            .await
+            .unwrap()
+            .filter(|r| r.status.is_some())
+    })
+    .await;
+    let node: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.client.clone());
+    let uid = node.get("node-1").await.unwrap().metadata.uid.unwrap();
+    let owner = &first.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Node", uid.as_str())
+    );
+    let s = first.status.as_ref().unwrap();
+    assert_eq!(s.announced.total, 0);
+    assert_eq!(s.daemon, None, "no RouterConfig: routing is left alone");
+    assert_eq!(s.kernel.as_ref().unwrap().interface, "kube-lb0");
+
+    // Everything that reaches the object from here on.
+    let rv = first.metadata.resource_version.clone().unwrap();
+    let mut stream = api
+        .watch(
+            &kube::api::WatchParams::default().fields("metadata.name=node-1"),
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    type Seen = Vec<(Instant, u32, String)>;
+    let writes = std::sync::Arc::new(std::sync::Mutex::new(Seen::new()));
+    let seen = writes.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(e)) = stream.next().await {
+            if let WatchEvent::Modified(r) = e {
+                let total = r.status.as_ref().map_or(0, |s| s.announced.total);
+                let text = serde_json::to_string(&r.status).unwrap();
+                seen.lock().unwrap().push((Instant::now(), total, text));
+            }
+        }
+    });
+    // Quiet: no write.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        writes.lock().unwrap().is_empty(),
+        "a quiet node writes nothing: first {}, then {:?}",
+        serde_json::to_string(&first.status).unwrap(),
+        writes.lock().unwrap()
+    );
+
+    // Churn: 12 Services over about 6 s; the report catches up, in few writes.
+    c.pool("p", json!({"addresses": ["203.0.113.0/24"]})).await;
+    let start = Instant::now();
+    for i in 0..12 {
+        let name = format!("s{i}");
+        c.service(NS, &name, json!({})).await;
+        c.assign(NS, &name, &[&format!("203.0.113.{}", 10 + i)], "p")
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eventually("the report shows the 12 addresses", || async {
+        (writes.lock().unwrap().last().map(|w| w.1) == Some(12)).then_some(())
+    })
+    .await;
+    let elapsed = start.elapsed();
+    let w = writes.lock().unwrap().clone();
+    watcher.abort();
+    eprintln!(
+        "{} report writes for 12 Services over {elapsed:?} (interval 2 s): {:?}",
+        w.len(),
+        w.iter()
+            .map(|(t, n, _)| (t.duration_since(start).as_millis(), *n))
+            .collect::<Vec<_>>()
+    );
+    let bound = (elapsed.as_secs_f64() / 2.0).ceil() as usize + 1;
+    assert!(w.len() <= bound, "{} writes, at most {bound}", w.len());
+    assert!(w.len() >= 2, "the report followed the churn: {w:?}");
+    for pair in w.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= Duration::from_millis(1900),
+            "two writes within the interval: {w:?}"
+        );
+    }
+    let listed = api.get("node-1").await.unwrap().status.unwrap().announced;
+    assert_eq!(listed.addresses.len(), 12);
+    assert!(listed.addresses.contains(&"203.0.113.21".to_string()));
+}

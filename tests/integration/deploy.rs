@@ -303,6 +303,56 @@ fn the_manifests_agree_with_each_other_and_with_the_code() {
     // The agent's Secret namespace is the one its Role grants.
     let secrets = object("deploy/rbac.yaml", "Role", "routelb-agent-secrets");
     assert_eq!(secrets["metadata"]["namespace"], "routelb-system");
+    // The agent writes its NodeRoutingStatus where its Role lets it, and no more.
+    let report = routelb::agent::report::ReportOptions::default();
+    let status = object("deploy/rbac.yaml", "Role", "routelb-agent-status");
+    assert_eq!(status["metadata"]["namespace"], report.namespace.as_str());
+    assert_eq!(
+        status["rules"],
+        serde_json::json!([
+            {"apiGroups": ["routelb.io"], "resources": ["noderoutingstatuses"], "verbs": ["get", "create", "update"]},
+            {"apiGroups": ["routelb.io"], "resources": ["noderoutingstatuses/status"], "verbs": ["update"]}
+        ])
+    );
+}
+
+/// Every metric the example alerts use is one routelb exports.
+#[test]
+fn the_example_alerts_use_metrics_routelb_exports() {
+    let rules = docs("deploy/monitoring/prometheusrule.yaml");
+    let mut sources = String::new();
+    for dir in [
+        "src",
+        "src/agent",
+        "src/allocator",
+        "src/kernel",
+        "src/k8s",
+        "src/daemon",
+    ] {
+        for e in std::fs::read_dir(Path::new(ROOT).join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "rs") {
+                sources.push_str(&std::fs::read_to_string(p).unwrap());
+            }
+        }
+    }
+    let mut seen = 0;
+    for group in rules[0]["spec"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let expr = rule["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("routelb_") {
+                    seen += 1;
+                    assert!(
+                        sources.contains(&format!("\"{word}\"")),
+                        "alert {} uses {word}, which routelb does not export",
+                        rule["alert"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(seen >= 5, "the alerts name routelb's metrics");
 }
 
 // ----------------------------------------------------------------------------------
