@@ -1021,6 +1021,23 @@ impl Lab {
         Ok(())
     }
 
+    /// Runs `routelb status ARGS` against the lab: its exit code and its output.
+    pub fn routelb_status(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let out = Command::new(&self.opts.routelb)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("status")
+            .args(args)
+            .output()
+            .context("run routelb status")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+
     /// Waits until a node's agent answers /readyz with 200.
     pub async fn wait_agent_ready(&self, i: usize) -> anyhow::Result<()> {
         let port = self.nodes[i].health_port;

@@ -113,6 +113,17 @@ async fn demo(
     section(&format!("ip route show {ip}  (in the router's namespace)"));
     print!("{}", lab.route(0, ip));
     tally(&lab, ip, connections)?;
+    section("routelb status svc demo  (the chain, as the cluster sees it)");
+    // The nodes report what they announce within their report interval (5 s).
+    let start = Instant::now();
+    let (_, out) = loop {
+        let (code, out) = lab.routelb_status(&["svc", "demo"])?;
+        if code == 0 || start.elapsed() > Duration::from_secs(15) {
+            break (code, out);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    print!("{out}");
     section("cleaning up");
     lab.shutdown();
     println!("done");

@@ -70,19 +70,7 @@ where
 
 /// `routelb status ...` against the lab: exit code and output.
 fn status(lab: &Lab, args: &[&str]) -> (i32, String) {
-    let out = Command::new(&lab.opts.routelb)
-        .arg("--kubeconfig")
-        .arg(&lab.kubeconfig)
-        .arg("status")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    lab.routelb_status(args).unwrap()
 }
 
 fn established(r: &NodeRoutingStatus) -> bool {

@@ -50,11 +50,16 @@ pub fn parse_neighbors(reply: &Value, now: Timestamp) -> Vec<SessionReport> {
             )
         };
         let text = |k: &str| n.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
-        let last_error = text("lastNotificationReason")
-            .or(text("lastErrorCodeSubcode").filter(|c| *c != "000000"))
-            .map(str::to_string)
-            .or_else(|| text("lastResetDueTo").map(str::to_string))
-            .filter(|_| !established || text("lastNotificationReason").is_some());
+        // FRR keeps a reset reason even on sessions never reset ("Waiting for peer
+        // OPEN"): a reason counts once a connection was dropped or a NOTIFICATION came.
+        let dropped = int("connectionsDropped").is_some_and(|n| n > 0);
+        let notification = text("lastNotificationReason")
+            .or(text("lastErrorCodeSubcode").filter(|c| *c != "000000"));
+        let last_error = match (notification, established) {
+            (Some(n), _) => Some(n.to_string()),
+            (None, false) if dropped => text("lastResetDueTo").map(str::to_string),
+            _ => None,
+        };
         out.push(SessionReport {
             peer: None,
             address: neighbor.clone(),

@@ -699,3 +699,83 @@ fn a_since_that_wobbles_by_a_second_does_not_make_a_new_report() {
         &node_report(&f, Some(&first), t("2026-12-03T11:10:06Z"))
     ));
 }
+
+#[test]
+fn ipv6_sessions_and_a_peer_that_never_came_up_are_read_from_both_daemons() {
+    let now = t("2026-12-03T11:35:30Z");
+    let by =
+        |list: &[SessionReport], a: &str| list.iter().find(|s| s.address == a).cloned().unwrap();
+    let up = bird::parse_protocols(
+        fixture!("three-peers/bird-show-protocols-all-established.txt"),
+        now,
+    );
+    assert_eq!(up.len(), 3, "{up:?}");
+    let v6 = by(&up, "2001:db8::1");
+    assert!(v6.established());
+    assert_eq!((v6.prefixes_sent, v6.asn), (Some(1), Some(64500)));
+    assert_eq!(by(&up, "192.0.2.1").prefixes_sent, Some(3));
+    let ghost = by(&up, "192.0.2.99");
+    assert_eq!(ghost.state, "Connect");
+    assert_eq!(
+        ghost.last_error.as_deref(),
+        Some("Socket: No route to host")
+    );
+    assert!(session_fix(&ghost).contains("no route to the router"));
+    let down = bird::parse_protocols(
+        fixture!("three-peers/bird-show-protocols-all-router-down.txt"),
+        now,
+    );
+    assert!(down.iter().all(|s| !s.established()), "{down:?}");
+    assert_eq!(
+        by(&down, "2001:db8::1").since,
+        Some(Time(t("2026-12-03T11:35:15Z")))
+    );
+
+    let json = |f: &str| serde_json::from_str::<serde_json::Value>(f).unwrap();
+    let up = frr::parse_neighbors(
+        &json(fixture!(
+            "three-peers/frr-show-bgp-neighbors-established.json"
+        )),
+        now,
+    );
+    assert_eq!(up.len(), 3);
+    let v6 = by(&up, "2001:db8::1");
+    assert!(v6.established());
+    assert_eq!((v6.prefixes_sent, v6.prefixes_received), (Some(1), Some(0)));
+    assert_eq!(by(&up, "192.0.2.1").prefixes_sent, Some(3));
+    let ghost = by(&up, "192.0.2.99");
+    assert_eq!(ghost.state, "Connect");
+    assert_eq!(
+        ghost.last_error, None,
+        "FRR's stale reset reason on a peer never reset"
+    );
+    let down = frr::parse_neighbors(
+        &json(fixture!(
+            "three-peers/frr-show-bgp-neighbors-router-down.json"
+        )),
+        now,
+    );
+    let v4 = by(&down, "192.0.2.1");
+    assert_eq!(v4.state, "Active");
+    assert_eq!(
+        v4.last_error.as_deref(),
+        Some("Cease/Administrative Shutdown")
+    );
+    assert_eq!(
+        v4.since,
+        Some(Time(t("2026-12-03T11:35:13Z"))),
+        "17 s before now"
+    );
+
+    // Named after their BGPPeers, as the agent reports them.
+    let peers = [
+        peer_ctx("router-v4", "192.0.2.1"),
+        peer_ctx("router-v6", "2001:db8::1"),
+        peer_ctx("ghost", "192.0.2.99"),
+    ];
+    let named = name_sessions(up, &peers);
+    assert!(
+        named.iter().all(|s| s.peer.is_some() && s.state != MISSING),
+        "{named:?}"
+    );
+}
