@@ -609,6 +609,10 @@ pub struct NodeRoutingReport {
     /// `DaemonUp`, `ConfigLoaded`, `SessionsEstablished`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// When the agent last wrote the report: at least every 5 minutes while it runs, so
+    /// a report much older than that is from an agent that is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// The routing daemon as the agent last saw it.

@@ -213,6 +213,18 @@ async fn node_status_follows_the_sessions_and_routelb_status_explains_each_servi
         String::from_utf8_lossy(&columns.stdout)
     );
 
+    // Quiet nodes write nothing: the reports stay as they are over two intervals.
+    let api: Api<NodeRoutingStatus> = Api::namespaced(lab.client.clone(), "routelb-system");
+    let versions = |list: Vec<NodeRoutingStatus>| -> Vec<Option<String>> {
+        list.into_iter()
+            .map(|r| r.metadata.resource_version)
+            .collect()
+    };
+    let before = versions(api.list(&Default::default()).await.unwrap().items);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let after = versions(api.list(&Default::default()).await.unwrap().items);
+    assert_eq!(before, after, "a quiet node rewrites its report");
+
     // A healthy Service.
     lab.create_service("web", false).await.unwrap();
     let ip = lab.external_ip("web", WAIT).await.unwrap();

@@ -717,6 +717,7 @@ impl Agent {
                     format!("{:?}", rc.spec.daemon.unwrap_or_default()).to_lowercase()
                 });
                 Some((
+                    r.sessions_error.clone(),
                     routelb_core::status::DaemonFacts {
                         name,
                         version: r.version.clone(),
@@ -730,9 +731,9 @@ impl Agent {
             }
             _ => None,
         };
-        let (daemon, sessions) = match daemon {
-            Some((d, s)) => (Some(d), s),
-            None => (None, Some(Vec::new())),
+        let (daemon, sessions, sessions_error) = match daemon {
+            Some((e, d, s)) => (Some(d), s, e),
+            None => (None, Some(Vec::new()), None),
         };
         let state = self.state.as_ref();
         let c = &plan.contract;
@@ -741,6 +742,7 @@ impl Agent {
             also_selected_by: self.also_selected_by.clone(),
             daemon,
             sessions,
+            sessions_error,
             by_kind,
             addresses: state
                 .map(|s| s.addresses.iter().copied().collect())

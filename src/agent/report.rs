@@ -5,7 +5,8 @@
 //! Writes are bounded: the agent offers what it knows on every pass of its loop; the
 //! report is written only when it differs from the last one written (condition times
 //! aside), at most once per interval, and retried with backoff when the API server
-//! refuses. A restarted agent starts from the object as it finds it, so it writes
+//! refuses; a quiet node rewrites it once every five minutes (its heartbeat, so that a
+//! report whose agent is gone can be told apart). A restarted agent starts from the object as it finds it, so it writes
 //! nothing when nothing changed.
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::PostParams;
 use kube::{Api, Client};
 use routelb_core::crd::{NodeRoutingReport, NodeRoutingStatus, NodeRoutingStatusSpec};
-use routelb_core::status::{NodeFacts, node_report, report_differs};
+use routelb_core::status::{NodeFacts, heartbeat_due, node_report, report_differs};
 use tokio::sync::watch;
 
 /// Where and how often the report is written.
@@ -67,6 +68,13 @@ impl Reporter {
     }
 }
 
+fn owned_by(o: &NodeRoutingStatus, uid: &str) -> bool {
+    o.metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|refs| refs.iter().any(|r| r.uid == uid))
+}
+
 fn owner(node: &str, uid: &str) -> OwnerReference {
     OwnerReference {
         api_version: "v1".into(),
@@ -113,7 +121,15 @@ async fn run(
         let previous = object.as_ref().and_then(|o| o.status.as_ref());
         let now = k8s_openapi::jiff::Timestamp::now();
         let report = node_report(&offer.facts, previous, now);
-        if previous.is_some_and(|p| !report_differs(p, &report)) {
+        // Written when it changed, when its heartbeat is due, or to take the Node as its
+        // owner (so that it goes with the Node).
+        let unowned = offer
+            .node_uid
+            .as_ref()
+            .is_some_and(|uid| !object.as_ref().is_some_and(|o| owned_by(o, uid)));
+        if previous.is_some_and(|p| !report_differs(p, &report) && !heartbeat_due(p, now))
+            && !unowned
+        {
             continue;
         }
         match write(&api, &node, object.take(), &offer, report).await {
@@ -197,12 +213,8 @@ async fn write(
         }
     };
     // A Node recreated under the same name: the report follows the new one.
-    let owned = object
-        .metadata
-        .owner_references
-        .as_ref()
-        .is_some_and(|o| o.iter().any(|r| owners.iter().any(|w| w.uid == r.uid)));
-    if !owners.is_empty() && !owned {
+    let owned = owners.iter().all(|w| owned_by(&object, &w.uid));
+    if !owned {
         object.metadata.owner_references = Some(owners);
         object = match api.replace(node, &PostParams::default(), &object).await {
             Ok(o) => o,

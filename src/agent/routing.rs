@@ -102,8 +102,10 @@ pub struct RoutingStatus {
     pub sessions: Option<Vec<SessionReport>>,
     /// SHA-256 of the configuration the daemon runs, as routelb rendered it.
     pub config_hash: Option<String>,
-    /// The last reload with a new configuration.
+    /// The last reload with a new configuration (or the last failed rendering).
     pub last_reload: Option<ReloadReport>,
+    /// Why the sessions are unknown: the daemon answers but keeps not saying.
+    pub sessions_error: Option<String>,
 }
 
 /// What the routing task reads.
@@ -176,6 +178,7 @@ pub fn spawn(
         given: BTreeMap::new(),
         objects: Once::default(),
         versions: BTreeMap::new(),
+        session_failures: 0,
     };
     tokio::spawn(task.run(inputs));
     reads_rx
@@ -261,6 +264,16 @@ struct Task {
     objects: Once<String>,
     /// Each daemon's version, with the process it was read from.
     versions: BTreeMap<&'static str, (String, Option<String>)>,
+    /// Failed session reads in a row.
+    session_failures: u32,
+}
+
+/// Failed session reads in a row after which the sessions are reported unknown.
+const SESSION_FAILURES: u32 = 3;
+
+/// A time as the API stores it (whole seconds), so what is read back compares equal.
+fn second(t: k8s_openapi::jiff::Timestamp) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 impl Task {
@@ -406,7 +419,27 @@ impl Task {
                 }),
                 Rendered::Error(why) => {
                     self.report("RoutingConfigInvalid", &why);
-                    self.set(|s| s.state = format!("keeping the last good configuration: {why}"));
+                    // The daemon runs on: it is still followed and its sessions read.
+                    if let Some(rc) = &plan.router {
+                        let daemon = self.opts.daemon(rc.spec.daemon.unwrap_or_default());
+                        self.follow(&daemon).await;
+                        self.observe(&daemon).await;
+                    }
+                    let message = format!("the configuration cannot be rendered: {why}");
+                    self.set(|s| {
+                        s.state = format!("keeping the last good configuration: {why}");
+                        // Once per distinct failure, so the report does not change each tick.
+                        let same = s.last_reload.as_ref().is_some_and(|r| {
+                            r.result == "failed" && r.message.as_deref() == Some(message.as_str())
+                        });
+                        if !same {
+                            s.last_reload = Some(ReloadReport {
+                                result: "failed".into(),
+                                time: second(k8s_openapi::jiff::Timestamp::now()),
+                                message: Some(message),
+                            });
+                        }
+                    });
                 }
                 Rendered::Text {
                     daemon,
@@ -495,7 +528,11 @@ impl Task {
             self.set(|s| s.sessions = None);
             return;
         };
-        let fresh = self.versions.get(name).is_none_or(|(i, _)| *i != instance);
+        // Read again after a daemon restart, and until the daemon has said.
+        let fresh = self
+            .versions
+            .get(name)
+            .is_none_or(|(i, v)| *i != instance || v.is_none());
         let d = daemon.clone();
         let read = tokio::task::spawn_blocking(move || {
             let version = if fresh { d.version() } else { None };
@@ -509,21 +546,36 @@ impl Task {
             self.versions.insert(name, (instance, version));
         }
         let version = self.versions.get(name).and_then(|(_, v)| v.clone());
+        // Named after the peers of the configuration as rendered (what the node should
+        // run): a peer the daemon lacks because its reload was refused shows as such.
         let peers = self
-            .applied_context
-            .get(name)
+            .previous
+            .as_ref()
+            .or(self.applied_context.get(name))
             .map(|c| c.peers.clone())
             .unwrap_or_default();
-        let sessions = match sessions {
-            Ok(list) => Some(routelb_core::status::name_sessions(list, &peers)),
+        let (sessions, error) = match sessions {
+            Ok(list) => {
+                self.session_failures = 0;
+                (
+                    Some(routelb_core::status::name_sessions(list, &peers)),
+                    None,
+                )
+            }
             Err(e) => {
-                tracing::debug!(daemon = name, error = %e, "cannot read the daemon's sessions");
-                None
+                self.session_failures += 1;
+                tracing::debug!(daemon = name, error = %e, failures = self.session_failures, "cannot read the daemon's sessions");
+                // A slow reply now and then keeps the last known sessions; a daemon
+                // that keeps not saying makes them unknown.
+                let error = (self.session_failures >= SESSION_FAILURES)
+                    .then(|| format!("cannot read the sessions from {name}: {e}"));
+                (None, error)
             }
         };
         self.set(|s| {
             s.version = version;
             s.sessions = sessions;
+            s.sessions_error = error;
         });
     }
 
@@ -540,7 +592,17 @@ impl Task {
         let name = daemon.name();
         if self.applied.get(name) == Some(&text) {
             let hash = config_hash(&text);
-            self.set(|s| s.config_hash = Some(hash));
+            self.set(|s| {
+                s.config_hash = Some(hash);
+                // A refused or unrenderable configuration was taken back: current again.
+                if s.last_reload.as_ref().is_some_and(|r| r.result != "ok") {
+                    s.last_reload = Some(ReloadReport {
+                        result: "ok".into(),
+                        time: second(k8s_openapi::jiff::Timestamp::now()),
+                        message: Some("the daemon runs the current configuration again".into()),
+                    });
+                }
+            });
             self.reads(daemon.as_ref(), &contract);
             self.applied_context.entry(name).or_insert(context);
             // `follow` asked the daemon this round.
@@ -593,7 +655,7 @@ impl Task {
                     s.config_hash = Some(hash);
                     s.last_reload = Some(ReloadReport {
                         result: "ok".into(),
-                        time: Time(k8s_openapi::jiff::Timestamp::now()),
+                        time: second(k8s_openapi::jiff::Timestamp::now()),
                         message: None,
                     });
                 });
@@ -616,7 +678,7 @@ impl Task {
                     s.state = format!("keeping the last good {name} configuration: {e}");
                     s.last_reload = Some(ReloadReport {
                         result: "failed".into(),
-                        time: Time(k8s_openapi::jiff::Timestamp::now()),
+                        time: second(k8s_openapi::jiff::Timestamp::now()),
                         message: Some(e.to_string()),
                     });
                 });

@@ -115,6 +115,8 @@ struct Caches {
     /// The nodes' NodeRoutingStatus reports, for BGPPeer and RouterConfig status.
     reports: Store<NodeRoutingStatus>,
     feeds: [Feed; 3],
+    /// Whether the BGPPeer, RouterConfig and report caches have synced.
+    routing: [Feed; 3],
     /// The nodes' L2 records (node Leases), for the `announcing-*` annotations.
     members: Members,
     leases: Feed,
@@ -180,6 +182,19 @@ fn stale<K: kube::Resource>(event: &WatchEvent<K>, listed: Option<u64>) -> bool 
     matches!((rv_number(obj.as_ref()), listed), (Some(rv), Some(l)) if rv <= l)
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes a status write off the list of those under way when it ends (or is aborted).
+struct Done(Arc<std::sync::Mutex<BTreeSet<String>>>, String);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        lock(&self.0).remove(&self.1);
+    }
+}
+
 /// A status as a merge patch, with `clear` set to null where the status leaves it out
 /// (a merge patch keeps what it does not mention).
 fn status_patch<T: serde::Serialize>(status: &T, clear: &[&str]) -> serde_json::Value {
@@ -207,6 +222,7 @@ pub async fn run(
         configs: watches.all(Input::RouterConfig),
         reports: watches.namespaced(&opts.lease_namespace, Input::NodeStatus),
         feeds: Default::default(),
+        routing: Default::default(),
         members: Members::new(None),
         leases: Feed::default(),
     };
@@ -231,16 +247,26 @@ pub async fn run(
     );
     declare_metrics();
     let mut session: Option<Session> = None;
-    let mut routing_dirty = true;
     let mut tick = tokio::time::interval(opts.status_interval);
     loop {
         tokio::select! {
             input = inputs.recv() => {
                 let Some(input) = input else { break };
-                if matches!(input, Input::Peer(_) | Input::RouterConfig(_) | Input::NodeStatus(_)) {
-                    // In the caches already; their statuses are written at the next tick.
-                    routing_dirty = true;
-                    continue;
+                // In the caches already; their statuses are written at the next tick.
+                match input {
+                    Input::Peer(e) => {
+                        caches.routing[0].track(e);
+                        continue;
+                    }
+                    Input::RouterConfig(e) => {
+                        caches.routing[1].track(e);
+                        continue;
+                    }
+                    Input::NodeStatus(e) => {
+                        caches.routing[2].track(e);
+                        continue;
+                    }
+                    _ => {}
                 }
                 let effects = caches.feed(session.as_mut(), input);
                 if let Some(s) = session.as_mut() {
@@ -250,9 +276,7 @@ pub async fn run(
             _ = leading.changed() => {}
             _ = tick.tick() => {
                 if let Some(s) = session.as_mut() {
-                    if std::mem::take(&mut routing_dirty) {
-                        s.write_routing_statuses(&caches);
-                    }
+                    s.write_routing_statuses(&caches);
                     s.write_pool_statuses(&caches.pools);
                     s.write_announcing(&caches.services, &caches.pools, &mut caches.members);
                     pool_gauges(&s.core);
@@ -364,6 +388,8 @@ struct Session {
     /// The `announcing-*` patches written this term (the cache may lag behind them).
     announced: BTreeMap<String, serde_json::Value>,
     started: std::time::Instant,
+    /// BGPPeer and RouterConfig status writes under way (`Kind/name`).
+    status_writes: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
 /// A fresh list of a kind and the resourceVersion it was taken at.
@@ -420,6 +446,7 @@ impl Session {
             listed: [services_rv, pools_rv, namespaces_rv],
             announced: BTreeMap::new(),
             started,
+            status_writes: Arc::default(),
         };
         let effects = s.core.restore(&services, &pools, &namespaces);
         s.carry_out(effects);
@@ -584,7 +611,9 @@ impl Session {
     /// from the nodes' reports the sessions Established and the nodes governed. One
     /// writer (the leader), at most once per object per tick.
     fn write_routing_statuses(&mut self, caches: &Caches) {
-        if !self.fence.holds(self.term) {
+        // From complete caches only: a report cache still filling would say "no
+        // session" for every peer.
+        if !self.fence.holds(self.term) || !caches.routing.iter().all(Feed::synced) {
             return;
         }
         let now = k8s_openapi::jiff::Timestamp::now();
@@ -625,9 +654,17 @@ impl Session {
             + Send
             + 'static,
     {
+        // One write per object at a time (in order); a failed one is retried at the
+        // next tick, when the status still differs.
+        let key = format!("{}/{name}", K::kind(&()));
+        if !lock(&self.status_writes).insert(key.clone()) {
+            return;
+        }
         let api: Api<K> = Api::all(self.client.clone());
         let (fence, term) = (self.fence.clone(), self.term);
+        let writes = self.status_writes.clone();
         self.pool_writes.spawn(async move {
+            let _done = Done(writes, key);
             if !fence.holds(term) {
                 return;
             }

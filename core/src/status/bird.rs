@@ -70,6 +70,8 @@ pub fn parse_protocols(reply: &str, now: Timestamp) -> Vec<SessionReport> {
     if let Some((s, true)) = current {
         out.push(s);
     }
+    // A dynamic BGP template (`neighbor range`) is no session: its spawned protocols are.
+    out.retain(|s| !s.address.is_empty());
     for s in &mut out {
         // A session that is not up has sent nothing, whatever the channel counted.
         if s.established() {

@@ -265,6 +265,15 @@ pub fn service_chain(svc: &Service, w: &World) -> Vec<Step> {
         if status.router_config.is_none() {
             continue;
         }
+        if let Some(age) = super::stale(r, w.now) {
+            out.push(step(
+                Verdict::Warn,
+                node,
+                format!("its report is {} old: what it says is not trusted", super::age(age)),
+                Some("is routelb's agent running on the node? (kubectl -n routelb-system get pods -o wide)"),
+            ));
+            continue;
+        }
         let labels = w
             .nodes
             .iter()
@@ -311,6 +320,23 @@ pub fn service_chain(svc: &Service, w: &World) -> Vec<Step> {
                 ));
             }
             (true, _) => announcing.push(r),
+            // The node says it announces the address: that is the word, but say that
+            // the rule disagrees (an agent behind its inputs, or a rule changed).
+            (false, Some(true)) => {
+                out.push(step(
+                    Verdict::Warn,
+                    node,
+                    format!(
+                        "announces the address, though by the Service, its endpoints and the node's RouterConfig it should not ({})",
+                        decision
+                            .as_ref()
+                            .and_then(|d| addrs.iter().find_map(|a| d.why_not(Kind::LoadBalancer, *a)))
+                            .unwrap_or("no rule for it")
+                    ),
+                    Some("wait a few seconds (the node reports every few seconds); if it stays, see the agent's log on that node"),
+                ));
+                announcing.push(r);
+            }
             (false, _) => not.push(format!(
                 "{node} ({})",
                 decision
@@ -361,8 +387,22 @@ pub fn service_chain(svc: &Service, w: &World) -> Vec<Step> {
         ),
         None,
     ));
+    // A session down is a failure only when no router hears the address any more.
+    let heard = announcing.iter().any(|r| {
+        r.status.as_ref().is_some_and(|s| {
+            s.daemon.as_ref().is_some_and(|d| d.up) && s.sessions.iter().any(|x| x.established())
+        })
+    });
     for r in announcing {
-        node_steps(r, w, &mut out);
+        node_steps(r, w, heard, &mut out);
+    }
+    if !heard {
+        out.push(step(
+            Verdict::Fail,
+            "routers",
+            "no announcing node has an Established session: no router hears the address",
+            Some("start with the first FAIL above"),
+        ));
     }
     out
 }
@@ -404,7 +444,10 @@ fn local_chain(svc: &Service, addrs: &[IpAddr], w: &World, out: &mut Vec<Step>) 
 }
 
 /// The daemon and sessions of one announcing node.
-fn node_steps(r: &NodeRoutingStatus, w: &World, out: &mut Vec<Step>) {
+/// `heard`: some router hears the address from some node, so a session down elsewhere
+/// costs redundancy, not the route.
+fn node_steps(r: &NodeRoutingStatus, w: &World, heard: bool, out: &mut Vec<Step>) {
+    let down = if heard { Verdict::Warn } else { Verdict::Fail };
     let node = &r.spec.node_name;
     let Some(s) = &r.status else { return };
     match &s.daemon {
@@ -415,7 +458,7 @@ fn node_steps(r: &NodeRoutingStatus, w: &World, out: &mut Vec<Step>) {
             Some("create a RouterConfig whose nodeSelector selects the node"),
         )),
         Some(d) if !d.up => out.push(step(
-            Verdict::Fail,
+            down,
             node,
             format!("{}: {}", d.summary, d.message.as_deref().unwrap_or("does not answer")),
             Some("check the routing daemon's sidecar container on the node (its log, its control socket path)"),
@@ -441,7 +484,7 @@ fn node_steps(r: &NodeRoutingStatus, w: &World, out: &mut Vec<Step>) {
     }
     if s.sessions.is_empty() && s.daemon.is_some() {
         out.push(step(
-            Verdict::Fail,
+            down,
             node,
             "no BGP session: the address reaches no router",
             Some("create a BGPPeer whose nodeSelector selects the node"),
@@ -472,7 +515,7 @@ fn node_steps(r: &NodeRoutingStatus, w: &World, out: &mut Vec<Step>) {
                 .as_ref()
                 .map_or(String::new(), |e| format!(" (last error: {e})"));
             out.push(step(
-                Verdict::Fail,
+                down,
                 node,
                 format!(
                     "session with {}{peer} {}{err}",
@@ -574,6 +617,15 @@ pub fn cluster_summary(w: &World) -> Vec<Step> {
             continue;
         };
         let Some(s) = &r.status else { continue };
+        if let Some(age) = super::stale(r, w.now) {
+            out.push(step(
+                Verdict::Fail,
+                &format!("node {name}"),
+                format!("no report for {}", super::age(age)),
+                Some("is routelb's agent running on the node?"),
+            ));
+            continue;
+        }
         let daemon = s
             .daemon
             .as_ref()

@@ -62,7 +62,15 @@ pub fn parse_neighbors(reply: &Value, now: Timestamp) -> Vec<SessionReport> {
         };
         out.push(SessionReport {
             peer: None,
-            address: neighbor.clone(),
+            address: if neighbor.parse::<std::net::IpAddr>().is_ok() {
+                neighbor.clone()
+            } else {
+                // An unnumbered session (keyed by interface): the router's address, once known.
+                text("bgpNeighborAddr")
+                    .or(text("hostForeign").filter(|h| h.parse::<std::net::IpAddr>().is_ok()))
+                    .unwrap_or(neighbor)
+                    .to_string()
+            },
             asn: n
                 .get("remoteAs")
                 .and_then(Value::as_u64)

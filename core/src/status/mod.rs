@@ -24,6 +24,26 @@ use crate::routing::context::PeerCtx;
 
 /// Addresses listed in a node's report at most (the counts are always there).
 pub const LISTED_ADDRESSES: usize = 32;
+/// A quiet agent rewrites its report this often (seconds), so that readers can tell a
+/// running agent from one that is gone.
+pub const HEARTBEAT: i64 = 300;
+/// A report whose heartbeat is older than this (seconds) is stale: its agent is gone.
+pub const STALE_AFTER: i64 = 2 * HEARTBEAT + 120;
+
+/// How long ago a report was written, if it is stale (its agent is gone).
+pub fn stale(r: &NodeRoutingStatus, now: Timestamp) -> Option<i64> {
+    let t = r.status.as_ref()?.heartbeat_time.as_ref()?;
+    let age = now.as_second() - t.0.as_second();
+    (age > STALE_AFTER).then_some(age)
+}
+
+/// Whether a report is due to be written although nothing changed (its heartbeat).
+pub fn heartbeat_due(r: &NodeRoutingReport, now: Timestamp) -> bool {
+    r.heartbeat_time
+        .as_ref()
+        .is_none_or(|t| now.as_second() - t.0.as_second() >= HEARTBEAT)
+}
+
 /// Nodes named in a BGPPeer's or RouterConfig's status at most.
 pub const LISTED_NODES: usize = 8;
 
@@ -32,6 +52,8 @@ pub const LISTED_NODES: usize = 8;
 pub const MISSING: &str = "NotConfigured";
 /// The state sessions get while the node's routing daemon does not answer.
 pub const DAEMON_DOWN: &str = "DaemonDown";
+/// The state sessions get while the daemon answers but its sessions cannot be read.
+pub const UNKNOWN: &str = "Unknown";
 
 /// What the agent knows of its routing daemon.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,8 +72,10 @@ pub struct NodeFacts {
     pub router_config: Option<String>,
     pub also_selected_by: Vec<String>,
     pub daemon: Option<DaemonFacts>,
-    /// As the daemon reports them; `None` when they could not be read.
+    /// As the daemon reports them; `None` when they could not be read this time.
     pub sessions: Option<Vec<SessionReport>>,
+    /// Why the sessions have not been readable for a while (they are then unknown).
+    pub sessions_error: Option<String>,
     /// Service addresses announced, by kind (loadbalancer, external, cluster).
     pub by_kind: [usize; 3],
     pub addresses: Vec<IpAddr>,
@@ -94,6 +118,8 @@ pub fn node_report(
     previous: Option<&NodeRoutingReport>,
     now: Timestamp,
 ) -> NodeRoutingReport {
+    // The API keeps whole seconds: a finer time would never read back equal.
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let current = previous.map_or(&[][..], |p| p.conditions.as_slice());
     let mut conditions = Conditions::new(None, current, now);
     let before = previous.map_or(&[][..], |p| p.sessions.as_slice());
@@ -102,19 +128,32 @@ pub fn node_report(
         // Not read this time: the last known, so a slow daemon does not flap the report.
         None => before.to_vec(),
     };
-    // A daemon that does not answer runs no session routelb can vouch for.
-    if f.daemon.as_ref().is_some_and(|d| !d.up) {
+    // A daemon that does not answer, or keeps not saying, runs no session routelb can
+    // vouch for.
+    let unknown = match (&f.daemon, &f.sessions_error) {
+        (Some(d), _) if !d.up => Some((DAEMON_DOWN, "the node's routing daemon does not answer")),
+        (_, Some(e)) => Some((UNKNOWN, e.as_str())),
+        _ => None,
+    };
+    if let Some((state, why)) = unknown {
         for s in &mut sessions {
-            if s.state != DAEMON_DOWN {
-                *s = SessionReport {
-                    state: DAEMON_DOWN.into(),
-                    since: Some(Time(now)),
-                    last_error: Some("the node's routing daemon does not answer".into()),
-                    prefixes_sent: None,
-                    prefixes_received: None,
-                    ..s.clone()
-                };
+            if s.state == state {
+                continue;
             }
+            // Since when it is so: kept from the last report that said so.
+            let since = before
+                .iter()
+                .find(|b| b.address == s.address && b.state == state)
+                .and_then(|b| b.since.clone())
+                .unwrap_or(Time(now));
+            *s = SessionReport {
+                state: state.into(),
+                since: Some(since),
+                last_error: Some(why.to_string()),
+                prefixes_sent: None,
+                prefixes_received: None,
+                ..s.clone()
+            };
         }
     }
     let up = sessions.iter().filter(|s| s.established()).count();
@@ -226,6 +265,7 @@ pub fn node_report(
         kernel: f.kernel.clone(),
         l2: f.l2.clone(),
         conditions: conditions.into_list(),
+        heartbeat_time: Some(Time(now)),
     }
 }
 
@@ -262,6 +302,7 @@ fn why_or(why: &str, default: &str) -> String {
 pub fn report_differs(a: &NodeRoutingReport, b: &NodeRoutingReport) -> bool {
     let strip = |r: &NodeRoutingReport| NodeRoutingReport {
         conditions: Vec::new(),
+        heartbeat_time: None,
         ..r.clone()
     };
     strip(a) != strip(b) || conditions_differ(&a.conditions, &b.conditions)
@@ -301,11 +342,26 @@ pub fn peer_session_status(
         .as_ref()
         .map_or(&[][..], |s| s.conditions.as_slice());
     let mut conditions = Conditions::new(peer.metadata.generation, current, now);
-    let up = sessions.iter().filter(|(_, s)| s.established()).count();
+    // A gone agent's report vouches for nothing.
+    let stale_age = |node: &str| {
+        reports
+            .iter()
+            .find(|r| r.spec.node_name == node)
+            .and_then(|r| stale(r, now))
+    };
+    let up = sessions
+        .iter()
+        .filter(|(n, s)| s.established() && stale_age(n).is_none())
+        .count();
     let down: Vec<String> = sessions
         .iter()
-        .filter(|(_, s)| !s.established())
-        .map(|(n, s)| format!("{n}: {}", session_state(s, now)))
+        .filter_map(|(n, s)| match stale_age(n) {
+            Some(secs) => Some(format!(
+                "{n}: no report for {} (is its agent running?)",
+                age(secs)
+            )),
+            None => (!s.established()).then(|| format!("{n}: {}", session_state(s, now))),
+        })
         .collect();
     if sessions.is_empty() {
         conditions.set(
@@ -458,7 +514,9 @@ pub fn session_state(s: &SessionReport, now: Timestamp) -> String {
 /// What to check when a session is not Established, from its state and last error.
 pub fn session_fix(s: &SessionReport) -> &'static str {
     let err = s.last_error.as_deref().unwrap_or("").to_ascii_lowercase();
-    if s.state == DAEMON_DOWN {
+    if s.state == UNKNOWN {
+        "routelb cannot read the daemon's sessions: see the agent's log and the daemon's control socket or vtysh"
+    } else if s.state == DAEMON_DOWN {
         "the node's routing daemon does not answer: check its sidecar container (its log, its control socket)"
     } else if s.state == MISSING {
         "the node's daemon did not load a configuration with this router: see the node's Reload column and its RoutingConfigRejected Events"
@@ -466,7 +524,16 @@ pub fn session_fix(s: &SessionReport) -> &'static str {
         "the router refuses the TCP connection: check that its BGP daemon runs and listens on the BGPPeer's port"
     } else if err.contains("as") && (err.contains("bad peer") || err.contains("open message")) {
         "the AS numbers disagree: compare the BGPPeer's asn with the router's own AS, and the RouterConfig's asn with the router's neighbor remote-as"
-    } else if err.contains("cease") {
+    } else if [
+        "cease",
+        "administrative shutdown",
+        "de-configured",
+        "connection rejected",
+        "administrative reset",
+    ]
+    .iter()
+    .any(|w| err.contains(w))
+    {
         "the router ended the session (Cease: shut down, reset or refused by its configuration): check that its BGP daemon runs and that its neighbor config still lists this node"
     } else if err.contains("hold timer") {
         "the router stopped answering (hold timer expired): check the link and the router's daemon"

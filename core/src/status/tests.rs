@@ -383,13 +383,22 @@ fn world(reports: Vec<Arc<NodeRoutingStatus>>) -> World {
 }
 
 fn announcing(node: &str, state: &str) -> Arc<NodeRoutingStatus> {
+    reporting(node, state, true)
+}
+
+/// A node's report with its session in `state`, listing 198.51.100.1 or not.
+fn reporting(node: &str, state: &str, listed: bool) -> Arc<NodeRoutingStatus> {
     let mut s = session("192.0.2.1", state, "2026-12-03T10:05:00Z");
     s.peer = Some("tor1".into());
     if state != "Established" {
         s.last_error = Some("Socket: Connection refused".into());
     }
     let mut f = facts(vec![s], 1);
-    f.addresses = vec!["198.51.100.1".parse().unwrap()];
+    f.addresses = if listed {
+        vec!["198.51.100.1".parse().unwrap()]
+    } else {
+        Vec::new()
+    };
     let mut r = NodeRoutingStatus::new(
         node,
         NodeRoutingStatusSpec {
@@ -436,8 +445,8 @@ fn a_healthy_service_is_ok_at_every_step() {
 #[test]
 fn a_local_service_without_ready_endpoints_is_announced_by_no_node() {
     let mut w = world(vec![
-        announcing("node-1", "Established"),
-        announcing("node-2", "Established"),
+        reporting("node-1", "Established", false),
+        reporting("node-2", "Established", false),
     ]);
     w.slices = vec![slice("node-2", false)];
     let steps = service_chain(&service("Local", Some("198.51.100.1")), &w);
@@ -446,6 +455,10 @@ fn a_local_service_without_ready_endpoints_is_announced_by_no_node() {
     assert!(nodes.fix.as_deref().unwrap().contains("Local"), "{nodes:?}");
     // One ready endpoint on node-2: node-2 only.
     w.slices = vec![slice("node-2", true)];
+    w.reports = vec![
+        (*reporting("node-1", "Established", false)).clone(),
+        (*reporting("node-2", "Established", true)).clone(),
+    ];
     let steps = service_chain(&service("Local", Some("198.51.100.1")), &w);
     let nodes = verdict_of(&steps, "nodes");
     assert_eq!(nodes.verdict, Verdict::Ok, "{}", render(&steps));
@@ -453,6 +466,20 @@ fn a_local_service_without_ready_endpoints_is_announced_by_no_node() {
         nodes.text.starts_with("announced by node-2; not by node-1"),
         "{}",
         render(&steps)
+    );
+    // A node that still lists the address is believed, with a warning.
+    w.reports[0] = (*reporting("node-1", "Established", true)).clone();
+    let steps = service_chain(&service("Local", Some("198.51.100.1")), &w);
+    assert_eq!(
+        verdict_of(&steps, "node-1").verdict,
+        Verdict::Warn,
+        "{}",
+        render(&steps)
+    );
+    assert!(
+        verdict_of(&steps, "nodes")
+            .text
+            .starts_with("announced by node-1, node-2")
     );
 }
 
@@ -501,9 +528,15 @@ fn a_node_whose_session_is_down_says_what_to_check() {
     let steps = service_chain(&service("Cluster", Some("198.51.100.1")), &w);
     let down: Vec<&chain::Step> = steps
         .iter()
-        .filter(|s| s.what == "node-3" && s.verdict == Verdict::Fail)
+        .filter(|s| s.what == "node-3" && s.verdict == Verdict::Warn)
         .collect();
-    assert_eq!(down.len(), 1, "{}", render(&steps));
+    assert_eq!(
+        down.len(),
+        1,
+        "node-1 still carries it: a warning, {}",
+        render(&steps)
+    );
+    assert!(render(&steps).ends_with("verdict: working, with warnings\n"));
     assert!(
         down[0]
             .text
@@ -517,6 +550,27 @@ fn a_node_whose_session_is_down_says_what_to_check() {
             .as_deref()
             .unwrap()
             .contains("refuses the TCP connection")
+    );
+    // Every session down: no router hears it.
+    let all_down = world(vec![
+        announcing("node-1", "Active"),
+        announcing("node-3", "Active"),
+    ]);
+    let steps = service_chain(&service("Cluster", Some("198.51.100.1")), &all_down);
+    assert_eq!(
+        verdict_of(&steps, "routers").verdict,
+        Verdict::Fail,
+        "{}",
+        render(&steps)
+    );
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.what.starts_with("node-") && s.verdict == Verdict::Fail)
+            .count(),
+        2,
+        "{}",
+        render(&steps)
     );
     let summary = cluster_summary(&World {
         services: vec![
@@ -777,5 +831,126 @@ fn ipv6_sessions_and_a_peer_that_never_came_up_are_read_from_both_daemons() {
     assert!(
         named.iter().all(|s| s.peer.is_some() && s.state != MISSING),
         "{named:?}"
+    );
+}
+
+#[test]
+fn sessions_nobody_can_vouch_for_are_unknown_and_stay_so_without_rewrites() {
+    let up = || session("192.0.2.1", "Established", "2026-12-03T10:00:00Z");
+    let mut f = facts(vec![up()], 1);
+    let first = node_report(&f, None, t("2026-12-03T10:05:00.123456Z"));
+    assert_eq!(
+        condition(&first.conditions, "DaemonUp").last_transition_time,
+        Time(t("2026-12-03T10:05:00Z")),
+        "whole seconds, as the API stores them"
+    );
+    // The daemon answers but its sessions cannot be read any more.
+    f.sessions = None;
+    f.sessions_error = Some("cannot read the sessions from bird: timeout".into());
+    let r = node_report(&f, Some(&first), t("2026-12-03T10:06:00Z"));
+    assert_eq!(r.sessions[0].state, UNKNOWN);
+    assert_eq!(r.sessions_established.as_deref(), Some("0/1"));
+    assert!(session_fix(&r.sessions[0]).contains("cannot read"));
+    assert!(!report_differs(
+        &r,
+        &node_report(&f, Some(&r), t("2026-12-03T10:07:00Z"))
+    ));
+    // Marked down while its sessions still read Established: down, since the first time.
+    let mut down = facts(vec![up()], 1);
+    down.daemon.as_mut().unwrap().up = false;
+    let d1 = node_report(&down, Some(&first), t("2026-12-03T10:08:00Z"));
+    let d2 = node_report(&down, Some(&d1), t("2026-12-03T10:09:00Z"));
+    assert_eq!(d1.sessions[0].state, DAEMON_DOWN);
+    assert!(
+        !report_differs(&d1, &d2),
+        "{:?} vs {:?}",
+        d1.sessions,
+        d2.sessions
+    );
+}
+
+#[test]
+fn other_shapes_of_daemon_output() {
+    let now = t("2026-12-03T11:10:00Z");
+    // A dynamic BGP template is no session; its spawned protocol is.
+    let reply = "1002-tors BGP        ---        start  2026-12-03 11:00:00  Passive\n\
+                 1006-  BGP state:          Passive\n     Neighbor range:   192.0.2.0/24\n\
+                 1002-dyn1 BGP        ---        up     2026-12-03 11:00:05  Established\n\
+                 1006-  BGP state:          Established\n     Neighbor address: 192.0.2.7\n0000 \n";
+    let s = bird::parse_protocols(reply, now);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].address, "192.0.2.7");
+    // FRR's unnumbered sessions are keyed by interface.
+    let j = serde_json::json!({"eth1": {"bgpState": "Established", "remoteAs": 64500,
+        "bgpNeighborAddr": "fe80::1", "bgpTimerUpEstablishedEpoch": 1796296182}});
+    assert_eq!(frr::parse_neighbors(&j, now)[0].address, "fe80::1");
+    let j = serde_json::json!({"eth1": {"bgpState": "Active", "hostForeign": "Unknown"}});
+    assert_eq!(frr::parse_neighbors(&j, now)[0].address, "eth1");
+    // BIRD words a Cease its own way.
+    for err in [
+        "Received: Administrative shutdown",
+        "Received: Peer de-configured",
+        "Received: Connection rejected",
+    ] {
+        let s = SessionReport {
+            state: "Active".into(),
+            last_error: Some(err.into()),
+            ..SessionReport::default()
+        };
+        assert!(session_fix(&s).contains("ended the session"), "{err}");
+    }
+}
+
+#[test]
+fn a_report_whose_agent_is_gone_vouches_for_nothing() {
+    // Written at 10:00 (the reports of these tests are), read 20 minutes later.
+    let late = t("2026-12-03T10:20:00Z");
+    let r = announcing("node-1", "Established");
+    assert_eq!(stale(&r, t("2026-12-03T10:05:00Z")), None);
+    assert_eq!(stale(&r, late), Some(1200));
+    assert!(!heartbeat_due(
+        r.status.as_ref().unwrap(),
+        t("2026-12-03T10:04:00Z")
+    ));
+    assert!(heartbeat_due(
+        r.status.as_ref().unwrap(),
+        t("2026-12-03T10:05:00Z")
+    ));
+    let peer = BGPPeer::new(
+        "tor1",
+        BGPPeerSpec {
+            address: "192.0.2.1".into(),
+            asn: 64500,
+            ..Default::default()
+        },
+    );
+    let status = crate::allocation::peer_status(
+        &peer,
+        &[r.clone(), announcing("node-2", "Established")],
+        late,
+    );
+    assert_eq!(status.established, Some(0), "{status:?}");
+    assert_eq!(
+        status.down[0],
+        "node-1: no report for 20m (is its agent running?)"
+    );
+    let mut w = world(vec![r]);
+    w.now = late;
+    let steps = service_chain(&service("Cluster", Some("198.51.100.1")), &w);
+    assert_eq!(
+        verdict_of(&steps, "node-1").verdict,
+        Verdict::Warn,
+        "{}",
+        render(&steps)
+    );
+    assert_eq!(
+        verdict_of(&steps, "nodes").verdict,
+        Verdict::Fail,
+        "{}",
+        render(&steps)
+    );
+    assert_eq!(
+        verdict_of(&cluster_summary(&w), "node node-1").verdict,
+        Verdict::Fail
     );
 }
