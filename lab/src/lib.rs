@@ -1574,6 +1574,11 @@ impl Lab {
         std::fs::read_to_string(self.nodes[i].dir.join("agent.log")).unwrap_or_default()
     }
 
+    /// The log of an allocator replica (`allocator` is the first).
+    pub fn allocator_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     /// Tears everything down.
     pub fn shutdown(mut self) {
         self.teardown();

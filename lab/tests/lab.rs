@@ -659,7 +659,12 @@ async fn one_invalid_object_leaves_the_rest_of_the_routing_configuration_working
             );
             break;
         }
-        assert!(start.elapsed() < WAIT, "no Valid condition on bad-selector");
+        assert!(
+            start.elapsed() < WAIT,
+            "no Valid condition on bad-selector: {:?}; allocator log:\n{}",
+            p.status,
+            lab.allocator_log("allocator")
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

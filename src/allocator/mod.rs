@@ -611,15 +611,25 @@ impl Session {
     /// from the nodes' reports the sessions Established and the nodes governed. One
     /// writer (the leader), at most once per object per tick.
     fn write_routing_statuses(&mut self, caches: &Caches) {
-        // From complete caches only: a report cache still filling would say "no
-        // session" for every peer.
-        if !self.fence.holds(self.term) || !caches.routing.iter().all(Feed::synced) {
+        let [peers_synced, configs_synced, reports_synced] =
+            [0, 1, 2].map(|i| caches.routing[i].synced());
+        if !self.fence.holds(self.term) || !peers_synced {
             return;
         }
         let now = k8s_openapi::jiff::Timestamp::now();
         let reports = caches.reports.state();
         for peer in caches.peers.state() {
-            let status = peer_status(&peer, &reports, now);
+            let mut status = peer_status(&peer, &reports, now);
+            // Until the reports are listed (or when they cannot be: a CRD or a Role
+            // missing), only `Valid`: a cache still filling would say "no session".
+            if !reports_synced {
+                let mut kept = peer.status.clone().unwrap_or_default();
+                kept.conditions.retain(|c| c.type_ != "Valid");
+                kept.conditions
+                    .extend(status.conditions.into_iter().filter(|c| c.type_ == "Valid"));
+                kept.observed_generation = status.observed_generation;
+                status = kept;
+            }
             if !peer
                 .status
                 .as_ref()
@@ -629,6 +639,9 @@ impl Session {
             }
             let patch = status_patch(&status, &["nodes", "established", "sessions", "down"]);
             self.write_status::<BGPPeer>(peer.name_any(), patch, "peer_status");
+        }
+        if !(configs_synced && reports_synced) {
+            return;
         }
         for rc in caches.configs.state() {
             let status = routelb_core::status::router_config_status(&rc, &reports, now);
@@ -668,10 +681,15 @@ impl Session {
             if !fence.holds(term) {
                 return;
             }
-            if let Err(e) = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            // A write that hangs must not hold the object's status for the client's
+            // whole read timeout: given up after 10 s, tried again at a later tick.
+            let (params, body) = (PatchParams::default(), Patch::Merge(&patch));
+            let write = api.patch_status(&name, &params, &body);
+            let result = match tokio::time::timeout(Duration::from_secs(10), write).await {
+                Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                Err(_) => Err("no answer within 10 s".to_string()),
+            };
+            if let Err(e) = result {
                 METRICS.inc(
                     ERRORS,
                     ERRORS_HELP,
