@@ -976,24 +976,21 @@ pub fn peer_status(
     status
 }
 
-/// Whether two lists of conditions differ in anything but transition times.
-pub fn conditions_differ(a: &[Condition], b: &[Condition]) -> bool {
-    let strip = |l: &[Condition]| {
-        l.iter()
-            .map(|c| Condition {
-                last_transition_time: Time(Timestamp::UNIX_EPOCH),
-                ..c.clone()
-            })
-            .collect::<Vec<_>>()
-    };
-    strip(a) != strip(b)
-}
-
 /// Whether two statuses differ in anything but condition transition times.
 pub fn status_differs(a: &AddressPoolStatus, b: &AddressPoolStatus) -> bool {
-    let strip = |s: &AddressPoolStatus| {
+    differs_but_times(a, b, |s| &mut s.conditions)
+}
+
+/// Whether two statuses differ in anything but the transition times of the conditions
+/// `conditions` picks out of them.
+pub fn differs_but_times<T: Clone + PartialEq>(
+    a: &T,
+    b: &T,
+    conditions: impl Fn(&mut T) -> &mut Vec<Condition>,
+) -> bool {
+    let strip = |s: &T| {
         let mut s = s.clone();
-        for c in &mut s.conditions {
+        for c in conditions(&mut s) {
             c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
         }
         s

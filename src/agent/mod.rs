@@ -710,30 +710,24 @@ impl Agent {
     ) -> report::Offer {
         let plan = self.plan.borrow();
         let node = self.stores.nodes.state().first().cloned();
-        let daemon = match (&plan.router, &self.opts.routing) {
+        // The daemon, when routelb configures one here; else no sessions at all.
+        let (daemon, sessions, sessions_error) = match (&plan.router, &self.opts.routing) {
             (Some(rc), Some(_)) => {
                 let r = routing.lock().unwrap_or_else(|e| e.into_inner());
                 let name = r.daemon.map(str::to_string).unwrap_or_else(|| {
                     format!("{:?}", rc.spec.daemon.unwrap_or_default()).to_lowercase()
                 });
-                Some((
-                    r.sessions_error.clone(),
-                    routelb_core::status::DaemonFacts {
-                        name,
-                        version: r.version.clone(),
-                        up: r.reachable,
-                        message: (!r.state.is_empty()).then(|| r.state.clone()),
-                        config_hash: r.config_hash.clone(),
-                        last_reload: r.last_reload.clone(),
-                    },
-                    r.sessions.clone(),
-                ))
+                let daemon = routelb_core::status::DaemonFacts {
+                    name,
+                    version: r.version.clone(),
+                    up: r.reachable,
+                    message: (!r.state.is_empty()).then(|| r.state.clone()),
+                    config_hash: r.config_hash.clone(),
+                    last_reload: r.last_reload.clone(),
+                };
+                (Some(daemon), r.sessions.clone(), r.sessions_error.clone())
             }
-            _ => None,
-        };
-        let (daemon, sessions, sessions_error) = match daemon {
-            Some((e, d, s)) => (Some(d), s, e),
-            None => (None, Some(Vec::new()), None),
+            _ => (None, Some(Vec::new()), None),
         };
         let state = self.state.as_ref();
         let c = &plan.contract;

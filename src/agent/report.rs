@@ -6,8 +6,8 @@
 //! report is written only when it differs from the last one written (condition times
 //! aside), at most once per interval, and retried with backoff when the API server
 //! refuses; a quiet node rewrites it once every five minutes (its heartbeat, so that a
-//! report whose agent is gone can be told apart). A restarted agent starts from the object as it finds it, so it writes
-//! nothing when nothing changed.
+//! report whose agent is gone can be told apart). A restarted agent starts from the
+//! object as it finds it, so it writes nothing when nothing changed.
 
 use std::time::Duration;
 
@@ -46,25 +46,18 @@ pub struct Offer {
 #[derive(Debug)]
 pub struct Reporter {
     tx: watch::Sender<Option<Offer>>,
-    writes: watch::Receiver<u64>,
 }
 
 impl Reporter {
     pub fn start(client: Client, node: &str, opts: ReportOptions) -> Reporter {
         let (tx, rx) = watch::channel(None);
-        let (writes_tx, writes) = watch::channel(0);
-        tokio::spawn(run(client, node.to_string(), opts, rx, writes_tx));
-        Reporter { tx, writes }
+        tokio::spawn(run(client, node.to_string(), opts, rx));
+        Reporter { tx }
     }
 
     /// What the agent knows now; written when it changed the report.
     pub fn offer(&self, offer: Offer) {
         self.tx.send_replace(Some(offer));
-    }
-
-    /// Reports written since start.
-    pub fn writes(&self) -> u64 {
-        *self.writes.borrow()
     }
 }
 
@@ -90,7 +83,6 @@ async fn run(
     node: String,
     opts: ReportOptions,
     mut rx: watch::Receiver<Option<Offer>>,
-    writes: watch::Sender<u64>,
 ) {
     let api: Api<NodeRoutingStatus> = Api::namespaced(client, &opts.namespace);
     // The object as last read or written: its resourceVersion, owner and report.
@@ -135,7 +127,6 @@ async fn run(
         match write(&api, &node, object.take(), &offer, report).await {
             Ok(written) => {
                 object = Some(written);
-                writes.send_modify(|n| *n += 1);
                 if reported_failure {
                     tracing::info!(node = %node, "NodeRoutingStatus written again");
                     reported_failure = false;

@@ -271,9 +271,11 @@ struct Task {
 /// Failed session reads in a row after which the sessions are reported unknown.
 const SESSION_FAILURES: u32 = 3;
 
-/// A time as the API stores it (whole seconds), so what is read back compares equal.
-fn second(t: k8s_openapi::jiff::Timestamp) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
+/// Now, as the API stores times (whole seconds), so what is read back compares equal.
+fn now_second() -> Time {
+    Time(routelb_core::status::whole_seconds(
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
 }
 
 impl Task {
@@ -412,6 +414,13 @@ impl Task {
                 _ = tick.tick() => {}
             }
             let plan = inputs.plan.borrow_and_update().clone();
+            // The daemon the node's RouterConfig names is followed and its sessions read
+            // whatever the rendering gives: a daemon keeps running its last configuration.
+            if let Some(rc) = &plan.router {
+                let daemon = self.opts.daemon(rc.spec.daemon.unwrap_or_default());
+                self.follow(&daemon).await;
+                self.observe(&daemon).await;
+            }
             match self.render(&inputs.stores, &plan) {
                 Rendered::Nothing(why) => self.set(|s| {
                     s.state = why;
@@ -419,12 +428,6 @@ impl Task {
                 }),
                 Rendered::Error(why) => {
                     self.report("RoutingConfigInvalid", &why);
-                    // The daemon runs on: it is still followed and its sessions read.
-                    if let Some(rc) = &plan.router {
-                        let daemon = self.opts.daemon(rc.spec.daemon.unwrap_or_default());
-                        self.follow(&daemon).await;
-                        self.observe(&daemon).await;
-                    }
                     let message = format!("the configuration cannot be rendered: {why}");
                     self.set(|s| {
                         s.state = format!("keeping the last good configuration: {why}");
@@ -435,7 +438,7 @@ impl Task {
                         if !same {
                             s.last_reload = Some(ReloadReport {
                                 result: "failed".into(),
-                                time: second(k8s_openapi::jiff::Timestamp::now()),
+                                time: now_second(),
                                 message: Some(message),
                             });
                         }
@@ -446,8 +449,6 @@ impl Task {
                     text,
                     context,
                 } => {
-                    self.follow(&daemon).await;
-                    self.observe(&daemon).await;
                     let programmed = inputs.programmed.borrow().contains(&plan.contract);
                     self.offer(daemon, text, plan.contract.clone(), *context, programmed)
                         .await;
@@ -598,7 +599,7 @@ impl Task {
                 if s.last_reload.as_ref().is_some_and(|r| r.result != "ok") {
                     s.last_reload = Some(ReloadReport {
                         result: "ok".into(),
-                        time: second(k8s_openapi::jiff::Timestamp::now()),
+                        time: now_second(),
                         message: Some("the daemon runs the current configuration again".into()),
                     });
                 }
@@ -655,7 +656,7 @@ impl Task {
                     s.config_hash = Some(hash);
                     s.last_reload = Some(ReloadReport {
                         result: "ok".into(),
-                        time: second(k8s_openapi::jiff::Timestamp::now()),
+                        time: now_second(),
                         message: None,
                     });
                 });
@@ -678,7 +679,7 @@ impl Task {
                     s.state = format!("keeping the last good {name} configuration: {e}");
                     s.last_reload = Some(ReloadReport {
                         result: "failed".into(),
-                        time: second(k8s_openapi::jiff::Timestamp::now()),
+                        time: now_second(),
                         message: Some(e.to_string()),
                     });
                 });

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use routelb_core::status::bird::line_code;
+
 use super::{DaemonError, RoutingDaemon, check_file, output_text, run};
 
 /// BIRD, where its configuration and control socket are.
@@ -155,13 +157,6 @@ pub fn bird_command(
         }));
     }
     Ok(Ok(lines))
-}
-
-/// A reply line's code (`1002` of `1002-...`), if it has one.
-fn line_code(line: &str) -> Option<u16> {
-    line.get(..4)
-        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|c| c.parse().ok())
 }
 
 /// Runs one command over BIRD's control socket and returns the reply's raw lines, codes

@@ -22,6 +22,11 @@ struct NodeUnderTest {
 
 impl NodeUnderTest {
     async fn start(c: &Cluster, name: &str) -> NodeUnderTest {
+        NodeUnderTest::start_with(c, name, &[]).await
+    }
+
+    /// A node whose agent has `extra` flags.
+    async fn start_with(c: &Cluster, name: &str, extra: &[&str]) -> NodeUnderTest {
         c.node(name, &[]).await;
         let mut n = NodeUnderTest {
             name: name.into(),
@@ -29,15 +34,20 @@ impl NodeUnderTest {
             agent: None,
             health: 0,
         };
-        n.start_agent(c).await;
+        n.start_agent_with(c, extra).await;
         n
     }
 
     async fn start_agent(&mut self, c: &Cluster) {
+        self.start_agent_with(c, &[]).await;
+    }
+
+    async fn start_agent_with(&mut self, c: &Cluster, extra: &[&str]) {
         self.health = free_port();
         let kc = c.kubeconfig();
         let netns = format!("/run/netns/{}", self.ns.name);
-        self.agent = Some(Proc::routelb(&[
+        let health = format!("127.0.0.1:{}", self.health);
+        let mut args = vec![
             "--kubeconfig",
             kc.to_str().unwrap(),
             "agent",
@@ -46,8 +56,10 @@ impl NodeUnderTest {
             "--netns",
             &netns,
             "--health-addr",
-            &format!("127.0.0.1:{}", self.health),
-        ]));
+            &health,
+        ];
+        args.extend_from_slice(extra);
+        self.agent = Some(Proc::routelb(&args));
         let port = self.health;
         eventually(&format!("agent on {} ready", self.name), || async move {
             is_ready(port).await.then_some(())
@@ -604,24 +616,7 @@ async fn the_node_report_is_written_on_change_only_at_a_bounded_rate() {
     use kube::api::WatchEvent;
     use routelb_core::crd::NodeRoutingStatus;
     let c = Cluster::new().await;
-    c.node("node-1", &[]).await;
-    let ns = NetNs::new("report");
-    let health = free_port();
-    let kc = c.kubeconfig();
-    let netns = format!("/run/netns/{}", ns.name);
-    let _agent = Proc::routelb(&[
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "agent",
-        "--node-name",
-        "node-1",
-        "--netns",
-        &netns,
-        "--health-addr",
-        &format!("127.0.0.1:{health}"),
-        "--report-interval",
-        "2",
-    ]);
+    let _node = NodeUnderTest::start_with(&c, "node-1", &["--report-interval", "2"]).await;
     let api: kube::Api<NodeRoutingStatus> =
         kube::Api::namespaced(c.client.clone(), "routelb-system");
     let first = eventually("the node's report", || async {

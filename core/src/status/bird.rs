@@ -17,26 +17,22 @@ use crate::crd::SessionReport;
 /// The BGP sessions in a raw `show protocols all` reply, in BIRD's order.
 pub fn parse_protocols(reply: &str, now: Timestamp) -> Vec<SessionReport> {
     let mut out = Vec::new();
-    let mut current: Option<(SessionReport, bool)> = None;
+    let mut current: Option<SessionReport> = None;
     for line in reply.lines() {
-        let code = line
-            .get(..4)
-            .filter(|c| c.bytes().all(|b| b.is_ascii_digit()));
+        let code = line_code(line);
         let text = match code {
             Some(_) => line.get(5..).unwrap_or_default(),
             None => line,
         };
-        if code == Some("1002") {
-            if let Some((s, true)) = current.take() {
-                out.push(s);
-            }
-            current = summary(text, now).map(|s| (s, true));
+        if code == Some(1002) {
+            out.extend(current.take());
+            current = summary(text, now);
             continue;
         }
-        if matches!(code, Some(c) if c != "1006") {
+        if matches!(code, Some(c) if c != 1006) {
             continue;
         }
-        let Some((s, _)) = current.as_mut() else {
+        let Some(s) = current.as_mut() else {
             continue;
         };
         let Some((key, value)) = text.trim().split_once(':') else {
@@ -67,9 +63,7 @@ pub fn parse_protocols(reply: &str, now: Timestamp) -> Vec<SessionReport> {
             _ => {}
         }
     }
-    if let Some((s, true)) = current {
-        out.push(s);
-    }
+    out.extend(current);
     // A dynamic BGP template (`neighbor range`) is no session: its spawned protocols are.
     out.retain(|s| !s.address.is_empty());
     for s in &mut out {
@@ -80,6 +74,14 @@ pub fn parse_protocols(reply: &str, now: Timestamp) -> Vec<SessionReport> {
         }
     }
     out
+}
+
+/// A reply line's code (`1002` of `1002-...`), if it has one (continuation lines start
+/// with a space instead).
+pub fn line_code(line: &str) -> Option<u16> {
+    line.get(..4)
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|c| c.parse().ok())
 }
 
 /// A protocol's summary line, when it is a BGP protocol.

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube_core::ResourceExt;
 
-use crate::allocation::{Conditions, conditions_differ};
+use crate::allocation::{Conditions, differs_but_times};
 use crate::crd::{
     AnnouncedReport, BGPPeer, BGPPeerStatus, DaemonReport, KernelReport, L2Report,
     NodeRoutingReport, NodeRoutingStatus, RouterConfig, RouterConfigStatus, SessionReport,
@@ -24,11 +24,18 @@ use crate::routing::context::PeerCtx;
 
 /// Addresses listed in a node's report at most (the counts are always there).
 pub const LISTED_ADDRESSES: usize = 32;
+/// Nodes named in a BGPPeer's or RouterConfig's status at most.
+pub const LISTED_NODES: usize = 8;
 /// A quiet agent rewrites its report this often (seconds), so that readers can tell a
 /// running agent from one that is gone.
 pub const HEARTBEAT: i64 = 300;
 /// A report whose heartbeat is older than this (seconds) is stale: its agent is gone.
 pub const STALE_AFTER: i64 = 2 * HEARTBEAT + 120;
+
+/// A time as the API stores it (whole seconds): a finer one would never read back equal.
+pub fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
 
 /// How long ago a report was written, if it is stale (its agent is gone).
 pub fn stale(r: &NodeRoutingStatus, now: Timestamp) -> Option<i64> {
@@ -43,9 +50,6 @@ pub fn heartbeat_due(r: &NodeRoutingReport, now: Timestamp) -> bool {
         .as_ref()
         .is_none_or(|t| now.as_second() - t.0.as_second() >= HEARTBEAT)
 }
-
-/// Nodes named in a BGPPeer's or RouterConfig's status at most.
-pub const LISTED_NODES: usize = 8;
 
 /// The state a session gets when a BGPPeer selects the node but the daemon does not
 /// run a session with the router (its configuration with the peer was not loaded).
@@ -118,8 +122,7 @@ pub fn node_report(
     previous: Option<&NodeRoutingReport>,
     now: Timestamp,
 ) -> NodeRoutingReport {
-    // The API keeps whole seconds: a finer time would never read back equal.
-    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let now = whole_seconds(now);
     let current = previous.map_or(&[][..], |p| p.conditions.as_slice());
     let mut conditions = Conditions::new(None, current, now);
     let before = previous.map_or(&[][..], |p| p.sessions.as_slice());
@@ -298,34 +301,34 @@ fn why_or(why: &str, default: &str) -> String {
     }
 }
 
-/// Whether two reports differ in anything but condition transition times.
+/// Whether two reports differ in anything but condition transition times and the
+/// heartbeat.
 pub fn report_differs(a: &NodeRoutingReport, b: &NodeRoutingReport) -> bool {
-    let strip = |r: &NodeRoutingReport| NodeRoutingReport {
-        conditions: Vec::new(),
+    let beatless = |r: &NodeRoutingReport| NodeRoutingReport {
         heartbeat_time: None,
         ..r.clone()
     };
-    strip(a) != strip(b) || conditions_differ(&a.conditions, &b.conditions)
+    differs_but_times(&beatless(a), &beatless(b), |r| &mut r.conditions)
 }
 
-/// The nodes' sessions with one BGPPeer: `(node, session)`, by node name.
+/// The nodes' sessions with one BGPPeer: `(report, session)`, by node name.
 pub fn peer_sessions<'a>(
     peer: &BGPPeer,
     reports: &'a [std::sync::Arc<NodeRoutingStatus>],
-) -> Vec<(&'a str, &'a SessionReport)> {
+) -> Vec<(&'a NodeRoutingStatus, &'a SessionReport)> {
     let name = peer.name_any();
     let address = peer.spec.address.parse::<IpAddr>().ok();
-    let mut out: Vec<(&str, &SessionReport)> = reports
+    let mut out: Vec<(&NodeRoutingStatus, &SessionReport)> = reports
         .iter()
         .filter_map(|r| {
             let s = r.status.as_ref()?.sessions.iter().find(|s| match &s.peer {
                 Some(p) => *p == name,
                 None => s.address.parse::<IpAddr>().ok() == address,
             })?;
-            Some((r.spec.node_name.as_str(), s))
+            Some((r.as_ref(), s))
         })
         .collect();
-    out.sort_by_key(|(n, _)| *n);
+    out.sort_by(|(a, _), (b, _)| a.spec.node_name.cmp(&b.spec.node_name));
     out
 }
 
@@ -343,24 +346,21 @@ pub fn peer_session_status(
         .map_or(&[][..], |s| s.conditions.as_slice());
     let mut conditions = Conditions::new(peer.metadata.generation, current, now);
     // A gone agent's report vouches for nothing.
-    let stale_age = |node: &str| {
-        reports
-            .iter()
-            .find(|r| r.spec.node_name == node)
-            .and_then(|r| stale(r, now))
-    };
     let up = sessions
         .iter()
-        .filter(|(n, s)| s.established() && stale_age(n).is_none())
+        .filter(|(r, s)| s.established() && stale(r, now).is_none())
         .count();
     let down: Vec<String> = sessions
         .iter()
-        .filter_map(|(n, s)| match stale_age(n) {
-            Some(secs) => Some(format!(
-                "{n}: no report for {} (is its agent running?)",
-                age(secs)
-            )),
-            None => (!s.established()).then(|| format!("{n}: {}", session_state(s, now))),
+        .filter_map(|(r, s)| {
+            let n = &r.spec.node_name;
+            match stale(r, now) {
+                Some(secs) => Some(format!(
+                    "{n}: no report for {} (is its agent running?)",
+                    age(secs)
+                )),
+                None => (!s.established()).then(|| format!("{n}: {}", session_state(s, now))),
+            }
         })
         .collect();
     if sessions.is_empty() {
@@ -469,27 +469,12 @@ pub fn router_config_status(
 
 /// Whether two RouterConfig statuses differ in anything but condition times.
 pub fn router_config_status_differs(a: &RouterConfigStatus, b: &RouterConfigStatus) -> bool {
-    a.nodes != b.nodes
-        || a.conflicts != b.conflicts
-        || a.observed_generation != b.observed_generation
-        || conditions_differ(&a.conditions, &b.conditions)
+    differs_but_times(a, b, |s| &mut s.conditions)
 }
 
 /// Whether two BGPPeer statuses differ in anything but condition times.
 pub fn peer_status_differs(a: &BGPPeerStatus, b: &BGPPeerStatus) -> bool {
-    (
-        a.nodes,
-        a.established,
-        &a.sessions,
-        &a.down,
-        a.observed_generation,
-    ) != (
-        b.nodes,
-        b.established,
-        &b.sessions,
-        &b.down,
-        b.observed_generation,
-    ) || conditions_differ(&a.conditions, &b.conditions)
+    differs_but_times(a, b, |s| &mut s.conditions)
 }
 
 /// A duration as kubectl shows ages: `45s`, `5m`, `3h`, `2d`.
