@@ -213,17 +213,40 @@ async fn node_status_follows_the_sessions_and_routelb_status_explains_each_servi
         String::from_utf8_lossy(&columns.stdout)
     );
 
-    // Quiet nodes write nothing: the reports stay as they are over two intervals.
+    // Quiet nodes write nothing: once the reports have settled after start (the first
+    // reload's aftermath, at most an interval later), they stay as they are over two
+    // intervals. A node that rewrote on every interval never settles.
     let api: Api<NodeRoutingStatus> = Api::namespaced(lab.client.clone(), "routelb-system");
-    let versions = |list: Vec<NodeRoutingStatus>| -> Vec<Option<String>> {
-        list.into_iter()
-            .map(|r| r.metadata.resource_version)
-            .collect()
-    };
-    let before = versions(api.list(&Default::default()).await.unwrap().items);
-    tokio::time::sleep(Duration::from_secs(11)).await;
-    let after = versions(api.list(&Default::default()).await.unwrap().items);
-    assert_eq!(before, after, "a quiet node rewrites its report");
+    let version = |r: &NodeRoutingStatus| r.metadata.resource_version.clone();
+    let start = Instant::now();
+    let mut before = api.list(&Default::default()).await.unwrap().items;
+    for window in [Duration::from_secs(6), Duration::from_secs(11)] {
+        loop {
+            tokio::time::sleep(window).await;
+            let after = api.list(&Default::default()).await.unwrap().items;
+            let changed: Vec<String> = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| version(b) != version(a))
+                .map(|(b, a)| {
+                    format!(
+                        "before {}\nafter {}",
+                        serde_json::to_string(&b.status).unwrap(),
+                        serde_json::to_string(&a.status).unwrap()
+                    )
+                })
+                .collect();
+            before = after;
+            if changed.is_empty() {
+                break;
+            }
+            assert!(
+                window < Duration::from_secs(10) && start.elapsed() < WAIT,
+                "a quiet node rewrote its report within {window:?}:\n{}",
+                changed.join("\n")
+            );
+        }
+    }
 
     // A healthy Service.
     lab.create_service("web", false).await.unwrap();
