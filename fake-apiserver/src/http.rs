@@ -176,6 +176,19 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
     };
     let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
     let method = req.method().clone();
+    {
+        let verb = if method == Method::GET && flag(&q, "watch") {
+            "WATCH"
+        } else {
+            method.as_str()
+        };
+        let key = match &target.subresource {
+            Some(s) => format!("{verb} {}/{s}", rt.plural),
+            None => format!("{verb} {}", rt.plural),
+        };
+        let mut counts = shared.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(key).or_default() += 1;
+    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)

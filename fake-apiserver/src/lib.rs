@@ -141,6 +141,9 @@ struct Shared {
     api: api::Api,
     faults: Faults,
     options: Options,
+    /// Requests served, by verb and resource (`POST services`, `PATCH services/status`,
+    /// `WATCH endpointslices`): what benchmarks report as API writes.
+    requests: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A running server.
@@ -168,6 +171,7 @@ impl FakeApiServer {
             api: api::Api::new(options.history_limit, options.dual_stack),
             faults: Faults::new(),
             options,
+            requests: Default::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(serve(listener, addr, shared.clone(), stopped));
@@ -204,6 +208,16 @@ impl FakeApiServer {
     /// A kubeconfig pointing at this server.
     pub fn kubeconfig(&self) -> String {
         kubeconfig(&self.url())
+    }
+
+    /// Requests served so far, by verb and resource: `POST services`,
+    /// `PATCH services/status`, `WATCH endpointslices`, `GET leases` (one object or a list).
+    pub fn requests(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Fault injection.

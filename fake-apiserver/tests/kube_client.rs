@@ -866,3 +866,21 @@ async fn discovery_lists_builtin_and_custom_resources() {
             .any(|r| r["name"] == "services/status")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_verb_and_resource() {
+    let (server, client) = server().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    svcs.create(&PostParams::default(), &lb("a")).await.unwrap();
+    svcs.create(&PostParams::default(), &lb("b")).await.unwrap();
+    let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+    svcs.patch_status("a", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    svcs.list(&ListParams::default()).await.unwrap();
+    let counts = server.requests();
+    assert_eq!(counts.get("POST services"), Some(&2), "{counts:?}");
+    assert_eq!(counts.get("PATCH services/status"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("GET services"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("PUT services"), None, "{counts:?}");
+}

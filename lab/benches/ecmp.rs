@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,15 +124,7 @@ fn pct(mut v: Vec<Duration>) -> String {
 }
 
 async fn run(kind: Kind, node_kind: Kind, n: usize) -> anyhow::Result<()> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()?;
-    let routelb = std::env::var_os("ROUTELB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/release/routelb"));
-    let mut opts = Options::new(routelb, repo);
-    opts.router = kind;
-    opts.nodes = vec![node_kind; 3];
+    let opts = Options::for_benches(kind, &[node_kind; 3]);
     let mut lab = Lab::up(opts).await?;
     eprintln!("{}: lab up", kind.name());
     let seen = Arc::new(Mutex::new(Seen::default()));

@@ -9,7 +9,6 @@
 //! Run: `cargo bench -p routelb-lab --bench l2` (`-- --takeovers N`).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
@@ -137,12 +136,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let routelb = std::env::var_os("ROUTELB_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/release/routelb"));
-    let mut o = Options::new(routelb, repo.canonicalize()?);
-    o.nodes = vec![Kind::Bird; 3];
+    let mut o = Options::for_benches(Kind::Bird, &[Kind::Bird; 3]);
     o.l2 = true;
     let mut lab = Lab::up(o).await?;
 

@@ -66,6 +66,8 @@ pub struct Options {
     /// A LAN client beside the nodes (IPv4 and IPv6) and a local (L2) pool `lan` on the
     /// LAN: 192.0.2.200-192.0.2.220 and 2001:db8:2::200-2001:db8:2::220.
     pub l2: bool,
+    /// More arguments for every agent (`--vip-mode local-route`, ...).
+    pub agent_args: Vec<String>,
 }
 
 impl Options {
@@ -78,16 +80,26 @@ impl Options {
             nodes: vec![Kind::Bird; 3],
             leaves: 1,
             l2: false,
+            agent_args: Vec::new(),
         }
     }
 
     /// The lab the tests run: this checkout, its debug binary (or `$ROUTELB_BIN`), a
     /// `router` and `nodes`.
     pub fn for_tests(router: Kind, nodes: &[Kind]) -> Options {
+        Options::this_checkout("debug", router, nodes)
+    }
+
+    /// The lab the benchmarks run: as [`Options::for_tests`], with the release binary.
+    pub fn for_benches(router: Kind, nodes: &[Kind]) -> Options {
+        Options::this_checkout("release", router, nodes)
+    }
+
+    fn this_checkout(profile: &str, router: Kind, nodes: &[Kind]) -> Options {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let routelb = std::env::var_os("ROUTELB_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join("target/debug/routelb"));
+            .unwrap_or_else(|| repo.join("target").join(profile).join("routelb"));
         let repo = repo.canonicalize().unwrap_or(repo);
         let mut o = Options::new(routelb, repo);
         o.router = router;
@@ -933,6 +945,7 @@ impl Lab {
             .arg(fdir.join("frr.conf"))
             .arg("--frr-vty-dir")
             .arg(&fdir)
+            .args(&self.opts.agent_args)
             .env("RUST_LOG", "info");
         self.spawn(
             &format!("agent-{}", n.name),
