@@ -303,16 +303,22 @@ pub struct Observed {
 
 impl Observed {
     /// Folds a kernel notification in: `contract` and `index` (its interface) say what is
-    /// owned. A new route takes its slot, so a route routelb had there is gone.
-    pub fn note(&mut self, contract: &KernelContract, index: Option<u32>, n: &Notification) {
+    /// owned. A new route takes its slot, so a route routelb had there is gone. Returns
+    /// whether what is known changed (the echo of routelb's own change does not).
+    pub fn note(
+        &mut self,
+        contract: &KernelContract,
+        index: Option<u32>,
+        n: &Notification,
+    ) -> bool {
         match n {
             Notification::NewAddr { index: i, prefix }
                 if Some(*i) == index && !prefix.is_link_local() =>
             {
-                self.addresses.insert(*prefix);
+                self.addresses.insert(*prefix)
             }
             Notification::DelAddr { index: i, prefix } if Some(*i) == index => {
-                self.addresses.remove(prefix);
+                self.addresses.remove(prefix)
             }
             Notification::NewRoute(r) => {
                 let set = if r.local {
@@ -320,18 +326,48 @@ impl Observed {
                 } else {
                     &mut self.routes
                 };
-                set.retain(|o| o.slot() != r.slot());
-                if contract.owns_route(r) || contract.owns_local_route(r) {
-                    set.insert(*r);
+                let owned = contract.owns_route(r) || contract.owns_local_route(r);
+                // The routes of one slot are neighbours in the set's order.
+                let taken: Vec<Route> = set
+                    .range(slot_range(r))
+                    .filter(|o| !(owned && *o == r))
+                    .copied()
+                    .collect();
+                for o in &taken {
+                    set.remove(o);
                 }
+                let added = owned && set.insert(*r);
+                added || !taken.is_empty()
             }
             Notification::DelRoute(r) => {
-                self.routes.remove(r);
-                self.local_routes.remove(r);
+                let a = self.routes.remove(r);
+                let b = self.local_routes.remove(r);
+                a || b
             }
-            _ => {}
+            _ => false,
         }
     }
+}
+
+/// Every route that could be in `r`'s slot, in [`Route`]'s order (destination and table
+/// come first).
+fn slot_range(r: &Route) -> std::ops::RangeInclusive<Route> {
+    let lo = Route {
+        dst: r.dst,
+        table: r.table,
+        protocol: 0,
+        local: false,
+        blackhole: false,
+        oif: None,
+    };
+    let hi = Route {
+        protocol: u8::MAX,
+        local: true,
+        blackhole: true,
+        oif: Some(u32::MAX),
+        ..lo
+    };
+    lo..=hi
 }
 
 /// One contract's view for [`plan`]: its interface (absent for a contract being
@@ -839,5 +875,42 @@ mod tests {
             },
         );
         assert!(o.addresses.is_empty(), "link-local addresses are not ours");
+    }
+
+    #[test]
+    fn an_echo_of_what_is_known_changes_nothing_news_does() {
+        let c = KernelContract::default();
+        let mut o = Observed::default();
+        let ours = Notification::NewRoute(route("203.0.113.10", 32, 200, 249, 7));
+        assert!(o.note(&c, Some(7), &ours), "a new route is news");
+        assert!(!o.note(&c, Some(7), &ours), "its echo is not");
+        // Another destination's route is a neighbour in the set, not in the slot.
+        let next = Notification::NewRoute(route("203.0.113.11", 32, 200, 249, 7));
+        assert!(o.note(&c, Some(7), &next));
+        assert_eq!(o.routes.len(), 2);
+        // Our route on another interface replaces the one we knew in its slot.
+        let moved = Notification::NewRoute(route("203.0.113.10", 32, 200, 249, 8));
+        assert!(o.note(&c, Some(7), &moved));
+        assert_eq!(o.routes.len(), 2);
+        assert!(o.routes.contains(&route("203.0.113.10", 32, 200, 249, 8)));
+        // Another table's route to the same destination is another slot.
+        let other_table = Notification::NewRoute(route("203.0.113.10", 32, 201, 249, 7));
+        assert!(
+            !o.note(&c, Some(7), &other_table),
+            "not owned, nothing displaced"
+        );
+        assert_eq!(o.routes.len(), 2);
+        let del = Notification::DelRoute(route("203.0.113.11", 32, 200, 249, 7));
+        assert!(o.note(&c, Some(7), &del));
+        assert!(
+            !o.note(&c, Some(7), &del),
+            "deleting what is gone is no news"
+        );
+        let addr = Notification::NewAddr {
+            index: 7,
+            prefix: Prefix::host(ip("203.0.113.10")),
+        };
+        assert!(o.note(&c, Some(7), &addr));
+        assert!(!o.note(&c, Some(7), &addr));
     }
 }

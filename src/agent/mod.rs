@@ -247,7 +247,13 @@ struct Agent {
     /// Other RouterConfigs selecting the node (ignored while the governing one exists).
     also_selected_by: Vec<String>,
     reporter: Option<report::Reporter>,
+    /// When the node's report was last offered.
+    published: Option<std::time::Instant>,
 }
+
+/// The node's report copies the whole node state: offered at most this often while
+/// Services churn (a pass can be every few milliseconds then).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs the agent until `shutdown` turns true. The kernel keeps its state on exit.
 pub async fn run(
@@ -278,8 +284,9 @@ pub async fn run(
         secrets: watches.namespaced(&secrets_namespace, Input::Secret),
         nodes: watches.named(&opts.node_name, Input::Node),
     };
-    let _ = watches.all(Input::Service);
-    let _ = watches.all(Input::Slice);
+    // Only the models keep what they need of these (no cache of whole objects).
+    watches.follow(Input::Service);
+    watches.follow(Input::Slice);
     let l2 = match &opts.l2 {
         Some(l2opts) => {
             let _ = watches.labelled(&l2opts.namespace, LEASE_LABEL, Input::Lease);
@@ -347,6 +354,7 @@ pub async fn run(
         reported: Once::default(),
         also_selected_by: Vec::new(),
         reporter,
+        published: None,
     };
     // L2 elections and lifetimes need a finer step than routing does.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -374,6 +382,10 @@ pub async fn run(
         agent.decide().await;
         agent.step_l2();
         agent.report_health(&health, &routing_status);
+        if agent.published.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
+            agent.publish(&routing_status);
+            agent.published = Some(std::time::Instant::now());
+        }
     }
     if let Some(l2) = agent.l2.take() {
         l2.stop(&agent.l2_model).await;
@@ -683,17 +695,23 @@ impl Agent {
             detail.push_str("; ");
             detail.push_str(&d);
         }
-        if let Some(l2) = &self.l2 {
-            l2.publish_metrics();
-        }
         let dropped = self.publisher.dropped();
         if dropped > 0 {
             detail.push_str(&format!("; {dropped} Events dropped by rate limit"));
         }
         // Ready once synced and the kernel has been reconciled once (errors are in the detail).
         health.set(status.reconciles > 0, detail);
+        if let Some(l2) = &self.l2 {
+            l2.publish_metrics();
+        }
         let by_kind = self.model.announced_by_kind();
         publish_metrics(self.state.as_ref(), by_kind, &status, routing, dropped);
+    }
+
+    /// The node's report: it copies what the node announces.
+    fn publish(&self, routing: &std::sync::Mutex<routing::RoutingStatus>) {
+        let status = self.dataplane.status();
+        let by_kind = self.model.announced_by_kind();
         // Reported once the kernel was reconciled: before, the interface's kind (dummy or
         // the bridge fallback) and what it holds are not known yet.
         if let Some(reporter) = self.reporter.as_ref().filter(|_| status.reconciles > 0) {

@@ -103,6 +103,40 @@ struct Published {
     at: Instant,
 }
 
+/// The Events that may still grow into a series. Expired ones are swept at most once a
+/// minute, not on every Event: thousands of Services assigned at once would otherwise
+/// cost a scan of every recent Event each.
+#[derive(Debug)]
+struct Recent {
+    published: HashMap<Note, Published>,
+    swept: Instant,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent {
+            published: HashMap::new(),
+            swept: Instant::now(),
+        }
+    }
+}
+
+impl Recent {
+    /// The earlier Event a note repeats, if it is recent enough.
+    fn earlier(&mut self, n: &Note) -> Option<Published> {
+        if self.swept.elapsed() >= SWEEP_EVERY {
+            self.published.retain(|_, p| p.at.elapsed() < SERIES_TTL);
+            self.swept = Instant::now();
+        }
+        self.published
+            .get(n)
+            .filter(|p| p.at.elapsed() < SERIES_TTL)
+            .cloned()
+    }
+}
+
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 impl Publisher {
     /// Starts the publishing task: `controller` and `instance` identify the reporter;
     /// `per_second` limits the rate (`None`: no limit, only the queue's bound).
@@ -114,7 +148,7 @@ impl Publisher {
     ) -> Publisher {
         let (tx, rx) = mpsc::channel::<Note>(16_384);
         let reporter = Arc::new((controller.to_string(), instance.to_string()));
-        let recent: Arc<tokio::sync::Mutex<HashMap<Note, Published>>> = Arc::default();
+        let recent: Arc<tokio::sync::Mutex<Recent>> = Arc::default();
         tokio::spawn(async move {
             futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|n| (n, rx)) })
                 .for_each_concurrent(8, |n| {
@@ -169,15 +203,11 @@ fn truncate(s: &str, max: usize) -> String {
 async fn publish(
     client: Client,
     reporter: &(String, String),
-    recent: &tokio::sync::Mutex<HashMap<Note, Published>>,
+    recent: &tokio::sync::Mutex<Recent>,
     n: &Note,
 ) -> kube::Result<()> {
     let now = k8s_openapi::jiff::Timestamp::now();
-    let earlier = {
-        let mut recent = recent.lock().await;
-        recent.retain(|_, p| p.at.elapsed() < SERIES_TTL);
-        recent.get(n).cloned()
-    };
+    let earlier = recent.lock().await.earlier(n);
     if let Some(p) = earlier {
         let count = p.count + 1;
         let series = EventSeries {
@@ -194,7 +224,7 @@ async fn publish(
             .await
         {
             Ok(_) => {
-                recent.lock().await.insert(
+                recent.lock().await.published.insert(
                     n.clone(),
                     Published {
                         count,
@@ -235,7 +265,7 @@ async fn publish(
     Api::<Event>::namespaced(client, &namespace)
         .create(&PostParams::default(), &event)
         .await?;
-    recent.lock().await.insert(
+    recent.lock().await.published.insert(
         n.clone(),
         Published {
             name,
@@ -245,4 +275,47 @@ async fn publish(
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(text: &str) -> Note {
+        Note {
+            regarding: Regarding::node("n1"),
+            warning: false,
+            reason: "R".into(),
+            action: "A".into(),
+            note: text.into(),
+        }
+    }
+
+    fn published(age: Duration) -> Published {
+        Published {
+            name: "e".into(),
+            namespace: "default".into(),
+            count: 1,
+            at: Instant::now()
+                .checked_sub(age)
+                .expect("uptime above the age"),
+        }
+    }
+
+    #[test]
+    fn a_repeat_within_the_ttl_continues_the_series_an_older_one_does_not() {
+        let mut r = Recent::default();
+        r.published
+            .insert(note("fresh"), published(Duration::from_secs(10)));
+        r.published
+            .insert(note("old"), published(SERIES_TTL + Duration::from_secs(1)));
+        assert!(r.earlier(&note("fresh")).is_some());
+        assert!(r.earlier(&note("old")).is_none(), "expired before a sweep");
+        assert_eq!(r.published.len(), 2, "not swept on every Event");
+        r.swept = Instant::now()
+            .checked_sub(SWEEP_EVERY)
+            .expect("uptime above a minute");
+        assert!(r.earlier(&note("other")).is_none());
+        assert_eq!(r.published.len(), 1, "swept once a minute");
+    }
 }

@@ -92,6 +92,19 @@ impl Watches {
         )
     }
 
+    /// Watches every object of a kind without keeping a cache: for kinds a component only
+    /// feeds into its pure state (the agent's Services and EndpointSlices), so that
+    /// thousands of them are not held twice.
+    pub fn follow<K>(&self, wrap: fn(WatchEvent<K>) -> Input)
+    where
+        K: Watchable,
+    {
+        let stream = watcher(Api::all(self.client.clone()), watcher::Config::default())
+            .modify(strip::<K>)
+            .backoff(QuickBackoff::default());
+        forward(stream, self.tx.clone(), move |e| wrap(shared(e)));
+    }
+
     /// Watches one named cluster-scoped object (the agent's own Node).
     pub fn named<K>(&self, name: &str, wrap: fn(WatchEvent<K>) -> Input) -> Store<K>
     where
@@ -133,16 +146,24 @@ impl Watches {
     where
         K: Watchable,
     {
-        watch_into(api, config, self.tx.clone(), move |e| {
-            wrap(match e {
-                watcher::Event::Init => WatchEvent::Init,
-                watcher::Event::InitApply(o) => WatchEvent::InitApply(Arc::new(o)),
-                watcher::Event::InitDone => WatchEvent::InitDone,
-                watcher::Event::Apply(o) => WatchEvent::Apply(Arc::new(o)),
-                watcher::Event::Delete(o) => WatchEvent::Delete(Arc::new(o)),
-            })
-        })
+        watch_into(api, config, self.tx.clone(), move |e| wrap(shared(e)))
     }
+}
+
+fn shared<K>(e: watcher::Event<K>) -> WatchEvent<K> {
+    match e {
+        watcher::Event::Init => WatchEvent::Init,
+        watcher::Event::InitApply(o) => WatchEvent::InitApply(Arc::new(o)),
+        watcher::Event::InitDone => WatchEvent::InitDone,
+        watcher::Event::Apply(o) => WatchEvent::Apply(Arc::new(o)),
+        watcher::Event::Delete(o) => WatchEvent::Delete(Arc::new(o)),
+    }
+}
+
+/// Drops what no component reads before an object is cached: `managedFields` (on a
+/// real API server often the largest part of a Service).
+fn strip<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }
 
 /// Exponential backoff from 200 ms to 5 s. A watcher yields a success (`Init`) at the
@@ -210,8 +231,22 @@ where
     F: Fn(watcher::Event<K>) -> I + Send + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream =
-        reflector::reflector(writer, watcher(api, config)).backoff(QuickBackoff::default());
+    let stream = reflector::reflector(writer, watcher(api, config).modify(strip::<K>))
+        .backoff(QuickBackoff::default());
+    forward(stream, tx, wrap);
+    reader
+}
+
+/// Forwards every event of a watch stream, wrapped by `wrap`, to `tx`, in order;
+/// failures are counted and retried by the stream's backoff.
+fn forward<K, I, F, S>(stream: S, tx: mpsc::Sender<I>, wrap: F)
+where
+    K: kube::Resource + Send + 'static,
+    K::DynamicType: Default,
+    I: Send + 'static,
+    F: Fn(watcher::Event<K>) -> I + Send + 'static,
+    S: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+{
     let kind = K::kind(&Default::default()).to_string();
     crate::metrics::METRICS.declare(RESTARTS, RESTARTS_HELP, &[("resource", &kind)]);
     tokio::spawn(async move {
@@ -235,7 +270,6 @@ where
             }
         }
     });
-    reader
 }
 
 #[cfg(test)]

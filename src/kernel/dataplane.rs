@@ -303,15 +303,19 @@ impl<K: Kernel> Dataplane<K> {
         }
     }
 
-    /// Folds a kernel notification into what is known of the kernel.
-    pub fn note(&mut self, n: &Notification) {
+    /// Folds a kernel notification into what is known of the kernel; returns whether
+    /// that changed anything (an echo of routelb's own change does not).
+    pub fn note(&mut self, n: &Notification) -> bool {
+        let mut changed = false;
         for p in self.keep.iter_mut().chain(self.drop.iter_mut()) {
             if p.link_changed(n) {
                 p.observed = None;
+                changed = true;
             } else if let Some(o) = p.observed.as_mut() {
-                o.note(&p.contract, p.link.as_ref().map(|l| l.index), n);
+                changed |= o.note(&p.contract, p.link.as_ref().map(|l| l.index), n);
             }
         }
+        changed
     }
 
     /// Makes the kernel match `state` under every kept contract and removes what the

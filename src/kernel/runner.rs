@@ -37,7 +37,8 @@ pub struct Status {
 }
 
 enum Cmd {
-    Desired(NodeState),
+    /// A new node state is in the slot.
+    Desired,
     Contracts(Vec<KernelContract>),
     /// Notifications about owned entries (possibly our own changes echoing back).
     Notes(Vec<Notification>),
@@ -54,6 +55,10 @@ enum Cmd {
 #[derive(Debug)]
 pub struct Running {
     tx: mpsc::Sender<Cmd>,
+    /// The latest node state not yet taken by the worker: a state replaced before the
+    /// worker got to it is dropped, so a slow reconcile (thousands of addresses) never
+    /// queues up copies of the whole state.
+    slot: Arc<Mutex<Option<NodeState>>>,
     status: Arc<Mutex<Status>>,
     programmed: watch::Receiver<Vec<KernelContract>>,
     stopped: Arc<AtomicBool>,
@@ -72,6 +77,7 @@ impl Running {
         let (programmed_tx, programmed) = watch::channel(Vec::new());
         let (tx, rx) = mpsc::channel();
         let stopped = Arc::new(AtomicBool::new(false));
+        let slot = Arc::new(Mutex::new(None));
         let listener = {
             let (tx, interest, stopped) = (tx.clone(), interest.clone(), stopped.clone());
             std::thread::Builder::new()
@@ -85,6 +91,7 @@ impl Running {
                 contracts: vec![cfg.contract],
                 contracts_set: false,
                 desired: None,
+                slot: slot.clone(),
                 interest,
                 status,
                 programmed: programmed_tx,
@@ -95,6 +102,7 @@ impl Running {
         };
         Ok(Running {
             tx,
+            slot,
             status,
             programmed,
             stopped,
@@ -123,7 +131,16 @@ impl Running {
 
     /// Sets the node state (the latest one wins).
     pub fn set(&self, state: NodeState) {
-        let _ = self.tx.send(Cmd::Desired(state));
+        let waiting = self
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(state)
+            .is_some();
+        // The worker takes the slot when woken; a state already waiting has a wake-up.
+        if !waiting {
+            let _ = self.tx.send(Cmd::Desired);
+        }
     }
 
     /// Sets the contracts to keep programmed, in priority order (the one the routing
@@ -196,6 +213,7 @@ struct Worker {
     /// Whether `contracts` still has to be given to the dataplane.
     contracts_set: bool,
     desired: Option<NodeState>,
+    slot: Arc<Mutex<Option<NodeState>>>,
     interest: Arc<Mutex<Interest>>,
     status: Arc<Mutex<Status>>,
     programmed: watch::Sender<Vec<KernelContract>>,
@@ -225,9 +243,12 @@ impl Worker {
             {
                 match cmd {
                     Cmd::Stop => return,
-                    Cmd::Desired(d) => {
-                        dirty |= self.desired.as_ref() != Some(&d);
-                        self.desired = Some(d);
+                    Cmd::Desired => {
+                        let taken = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if let Some(d) = taken {
+                            dirty |= self.desired.as_ref() != Some(&d);
+                            self.desired = Some(d);
+                        }
                     }
                     Cmd::Contracts(c) => {
                         dirty |= self.contracts != c || !self.contracts_set;
@@ -235,10 +256,11 @@ impl Worker {
                         self.contracts_set = false;
                     }
                     Cmd::Notes(notes) => {
+                        // Only news is drift: the echo of the dataplane's own changes,
+                        // already folded in when they were made, needs no reconcile.
                         for n in &notes {
-                            self.dp.note(n);
+                            drift |= self.dp.note(n);
                         }
-                        drift = true;
                     }
                     Cmd::Resync => {
                         self.dp.invalidate();
