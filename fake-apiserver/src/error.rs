@@ -89,6 +89,10 @@ impl ApiError {
         ApiError::new(415, "UnsupportedMediaType", message)
     }
 
+    pub fn not_acceptable(message: impl Into<String>) -> ApiError {
+        ApiError::new(406, "NotAcceptable", message)
+    }
+
     pub fn expired(message: impl Into<String>) -> ApiError {
         ApiError::new(410, "Expired", message)
     }

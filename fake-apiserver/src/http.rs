@@ -17,9 +17,12 @@ use tokio::sync::mpsc;
 use crate::Shared;
 use crate::api::{ListQuery, PatchKind, Target, parse_rv, present_json};
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::{self, FieldValidation};
 use crate::registry::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Change, ChangeKind, Stored};
+use crate::table::{self, Include};
+use jiff::Timestamp;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -117,6 +120,36 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
             ));
         }
         ["apis"] => return Ok(value_response(StatusCode::OK, &group_list(shared))),
+        ["openapi", "v3"] => {
+            let root = openapi::v3_root(&shared.api.lock().registry);
+            return Ok(value_response(StatusCode::OK, &root));
+        }
+        ["openapi", "v3", "api", v] | ["openapi", "v3", "apis", "", v] => {
+            return openapi::gv_document(&shared.api.lock().registry, "", v)
+                .map(|d| value_response(StatusCode::OK, &d))
+                .ok_or_else(|| ApiError::not_found_path(req.uri().path()));
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return openapi::gv_document(&shared.api.lock().registry, g, v)
+                .map(|d| value_response(StatusCode::OK, &d))
+                .ok_or_else(|| ApiError::not_found_path(req.uri().path()));
+        }
+        ["openapi", "v2"] => {
+            // client-go asks for the protobuf (gnostic) form only, which is not served:
+            // 406 makes it go on without, as with a server that has none.
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json");
+            if !(accept.contains("json") || accept.contains("*/*")) {
+                return Err(ApiError::not_acceptable(
+                    "only application/json is served for /openapi/v2",
+                ));
+            }
+            let doc = openapi::v2(&shared.api.lock().registry);
+            return Ok(value_response(StatusCode::OK, &doc));
+        }
         ["api", "v1"] => {
             return Ok(value_response(
                 StatusCode::OK,
@@ -189,6 +222,14 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
         let mut counts = shared.requests.lock().unwrap_or_else(|e| e.into_inner());
         *counts.entry(key).or_default() += 1;
     }
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let as_table =
+        table::wanted(&accept).then(|| Include::parse(q.get("includeObject").map(String::as_str)));
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -205,34 +246,102 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
         serde_json::from_slice(b)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
     };
+    let validation = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))
+        .map_err(ApiError::bad_request)?;
+    let mut warnings: Vec<String> = Vec::new();
+    let mut check_fields = |v: &Value, apply: bool| -> ApiResult<()> {
+        if validation == FieldValidation::Ignore {
+            return Ok(());
+        }
+        let unknown = openapi::unknown_fields(&rt, v);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        if validation == FieldValidation::Strict {
+            let msg = if apply {
+                openapi::apply_message(
+                    &rt,
+                    target.namespace.as_deref(),
+                    target.name.as_deref().unwrap_or_default(),
+                    &unknown,
+                )
+            } else {
+                openapi::strict_message(&rt, &unknown)
+            };
+            return Err(ApiError::bad_request(msg));
+        }
+        warnings.extend(unknown.iter().map(|f| format!("unknown field {f:?}")));
+        Ok(())
+    };
     let api = &shared.api;
-    match (method, target.name.is_some()) {
+    let response = match (method, target.name.is_some()) {
         (Method::GET, false) if flag(&q, "watch") => {
             let delay = shared.faults.watch_delay();
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            watch(shared, &target, &q)
+            watch(shared, &target, &q, as_table)
         }
-        (Method::GET, false) => Ok(json_response(
-            StatusCode::OK,
-            api.list(&target, &list_query(&rt, &q)?)?,
-        )),
-        (Method::GET, true) => Ok(value_response(StatusCode::OK, &api.get(&target)?)),
-        (Method::POST, false) => Ok(value_response(
-            StatusCode::CREATED,
-            &api.create(&target, parse(&body)?, dry_run)?,
-        )),
-        (Method::PUT, true) => Ok(value_response(
-            StatusCode::OK,
-            &api.update(&target, parse(&body)?, dry_run)?,
-        )),
+        (Method::GET, false) => {
+            let list = api.list(&target, &list_query(&rt, &q)?)?;
+            match as_table {
+                None => Ok(json_response(StatusCode::OK, list)),
+                Some(include) => {
+                    let list: Value = serde_json::from_slice(&list)
+                        .map_err(|e| ApiError::internal(format!("re-reading a list: {e}")))?;
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    let t = table::table(
+                        &rt,
+                        &items,
+                        list["metadata"].clone(),
+                        include,
+                        true,
+                        Timestamp::now(),
+                    );
+                    Ok(value_response(StatusCode::OK, &t))
+                }
+            }
+        }
+        (Method::GET, true) => {
+            let obj = api.get(&target)?;
+            match as_table {
+                None => Ok(value_response(StatusCode::OK, &obj)),
+                Some(include) => {
+                    let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion")});
+                    let t = table::table(&rt, &[obj], meta, include, true, Timestamp::now());
+                    Ok(value_response(StatusCode::OK, &t))
+                }
+            }
+        }
+        (Method::POST, false) => {
+            let body = parse(&body)?;
+            check_fields(&body, false)?;
+            Ok(value_response(
+                StatusCode::CREATED,
+                &api.create(&target, body, dry_run)?,
+            ))
+        }
+        (Method::PUT, true) => {
+            let body = parse(&body)?;
+            check_fields(&body, false)?;
+            Ok(value_response(
+                StatusCode::OK,
+                &api.update(&target, body, dry_run)?,
+            ))
+        }
         (Method::PATCH, true) => {
             let kind = PatchKind::from_content_type(&content_type).ok_or_else(|| {
                 ApiError::unsupported_media_type(format!(
                     "the body of the request was in an unknown format ({content_type})"
                 ))
             })?;
+            // The object a merge, strategic or apply patch describes is checked; a JSON
+            // patch's operations are not.
+            if kind != PatchKind::Json
+                && let Ok(doc) = serde_json::from_slice::<Value>(&body)
+            {
+                check_fields(&doc, kind == PatchKind::Apply)?;
+            }
             let (obj, created) = api.patch(
                 &target,
                 kind,
@@ -265,7 +374,14 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
         (m, _) => Err(ApiError::method_not_allowed(format!(
             "{m} is not supported on this path"
         ))),
+    };
+    let mut response = response?;
+    for w in warnings {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - {w:?}")) {
+            response.headers_mut().append(header::WARNING, v);
+        }
     }
+    Ok(response)
 }
 
 fn list_query(rt: &ResourceType, q: &HashMap<String, String>) -> ApiResult<ListQuery> {
@@ -345,6 +461,9 @@ struct WatchFilter {
     namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
+    /// Events carry one-row Tables (`kubectl get --watch`); the first has the columns.
+    table: Option<Include>,
+    headers_sent: std::sync::atomic::AtomicBool,
 }
 
 impl WatchFilter {
@@ -365,7 +484,18 @@ impl WatchFilter {
     }
 
     fn line(&self, kind: &str, s: &Stored) -> Bytes {
-        let obj = present_json(&self.rt, s);
+        let obj = match self.table {
+            None => present_json(&self.rt, s),
+            Some(include) => {
+                let shown = crate::api::present(&self.rt, &s.value);
+                let meta = json!({"resourceVersion": s.rv.to_string()});
+                let headers = !self
+                    .headers_sent
+                    .swap(true, std::sync::atomic::Ordering::Relaxed);
+                let t = table::table(&self.rt, &[shown], meta, include, headers, Timestamp::now());
+                Bytes::from(serde_json::to_vec(&t).expect("serialises"))
+            }
+        };
         let mut out = Vec::with_capacity(obj.len() + 32);
         out.extend_from_slice(b"{\"type\":\"");
         out.extend_from_slice(kind.as_bytes());
@@ -426,6 +556,7 @@ fn watch(
     shared: &Arc<Shared>,
     t: &Target,
     q: &HashMap<String, String>,
+    table: Option<Include>,
 ) -> ApiResult<Response<Body>> {
     let lq = list_query(&t.rt, q)?;
     let filter = WatchFilter {
@@ -433,6 +564,8 @@ fn watch(
         namespace: t.namespace.clone(),
         labels: lq.labels,
         fields: lq.fields,
+        table,
+        headers_sent: std::sync::atomic::AtomicBool::new(false),
     };
     let bookmarks = flag(q, "allowWatchBookmarks");
     let send_initial = flag(q, "sendInitialEvents");

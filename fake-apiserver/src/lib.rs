@@ -15,11 +15,14 @@
 mod api;
 mod error;
 mod http;
+mod jsonpath;
 mod objects;
+mod openapi;
 mod patch;
 mod registry;
 mod selector;
 mod store;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

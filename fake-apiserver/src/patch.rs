@@ -158,9 +158,15 @@ fn merge_list(
             out
         }
         ListStrategy::Keys(keys) => {
+            // A missing key the server defaults is its default (ports' protocol is TCP),
+            // so an applied port without one matches the stored, defaulted one.
             let key_of = |v: &Value| -> Vec<Value> {
                 keys.iter()
-                    .map(|k| v.get(k).cloned().unwrap_or(Value::Null))
+                    .map(|k| match v.get(k) {
+                        Some(x) => x.clone(),
+                        None if k == "protocol" => Value::String("TCP".into()),
+                        None => Value::Null,
+                    })
                     .collect()
             };
             let mut out = current;

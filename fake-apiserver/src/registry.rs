@@ -15,6 +15,8 @@ pub struct ResourceType {
     pub plural: String,
     pub singular: String,
     pub short_names: Vec<String>,
+    /// Discovery categories (`kubectl get all` lists the `all` category).
+    pub categories: Vec<String>,
     pub namespaced: bool,
     pub status_subresource: bool,
     /// Field-selector paths accepted besides `metadata.name` and `metadata.namespace`.
@@ -23,6 +25,8 @@ pub struct ResourceType {
     pub storage: String,
     /// Present for custom resources: the schema that validates, prunes and defaults them.
     pub schema: Option<Arc<CrdSchema>>,
+    /// A custom resource version's `additionalPrinterColumns` (server-side Tables).
+    pub printer_columns: Vec<Value>,
 }
 
 /// A custom resource version's schema, compiled once.
@@ -49,11 +53,13 @@ impl ResourceType {
             plural: plural.into(),
             singular: kind.to_ascii_lowercase(),
             short_names: Vec::new(),
+            categories: Vec::new(),
             namespaced,
             status_subresource: status,
             fields: fields.iter().map(|f| f.to_string()).collect(),
             storage: format!("{group}/{plural}"),
             schema: None,
+            printer_columns: Vec::new(),
         }
     }
 
@@ -94,6 +100,7 @@ impl ResourceType {
             "kind": self.kind,
             "verbs": verbs,
             "shortNames": self.short_names,
+            "categories": self.categories,
         })];
         if self.status_subresource {
             out.push(json!({
@@ -228,14 +235,25 @@ impl Default for Registry {
         ];
         let mut types = BTreeMap::new();
         for mut t in builtins {
-            t.short_names = match t.plural.as_str() {
-                "services" => vec!["svc".into()],
-                "nodes" => vec!["no".into()],
-                "namespaces" => vec!["ns".into()],
-                "configmaps" => vec!["cm".into()],
-                "customresourcedefinitions" => vec!["crd".into()],
-                _ => Vec::new(),
+            // As the real server lists them.
+            let short: &[&str] = match t.plural.as_str() {
+                "services" => &["svc"],
+                "endpoints" => &["ep"],
+                "nodes" => &["no"],
+                "namespaces" => &["ns"],
+                "configmaps" => &["cm"],
+                "pods" => &["po"],
+                "events" => &["ev"],
+                "customresourcedefinitions" => &["crd", "crds"],
+                _ => &[],
             };
+            t.short_names = short.iter().map(|s| s.to_string()).collect();
+            let categories: &[&str] = match t.plural.as_str() {
+                "services" | "pods" => &["all"],
+                "customresourcedefinitions" => &["api-extensions"],
+                _ => &[],
+            };
+            t.categories = categories.iter().map(|s| s.to_string()).collect();
             types.insert(
                 (t.group.clone(), t.version.clone(), t.plural.clone()),
                 Arc::new(t),
@@ -338,6 +356,12 @@ impl Registry {
                     .flatten()
                     .filter_map(|s| s.as_str().map(str::to_string))
                     .collect(),
+                categories: names["categories"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect(),
                 namespaced,
                 status_subresource: v.pointer("/subresources/status").is_some(),
                 fields,
@@ -346,6 +370,10 @@ impl Registry {
                     openapi: schema,
                     cel,
                 })),
+                printer_columns: v["additionalPrinterColumns"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
             };
             self.types
                 .insert((group.into(), version.into(), plural.into()), Arc::new(t));
