@@ -243,6 +243,9 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
         .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
         .to_bytes();
     let parse = |b: &Bytes| -> ApiResult<Value> {
+        if crate::protobuf::is_protobuf(&content_type) {
+            return crate::protobuf::decode(b).map_err(ApiError::unsupported_media_type);
+        }
         serde_json::from_slice(b)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
     };

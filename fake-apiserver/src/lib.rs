@@ -19,6 +19,7 @@ mod jsonpath;
 mod objects;
 mod openapi;
 mod patch;
+mod protobuf;
 mod registry;
 mod selector;
 mod store;

@@ -1,0 +1,333 @@
+//! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which kubectl's typed
+//! commands send (`kubectl create namespace`, `create service`, `create secret`, `create
+//! configmap`): the Kubernetes envelope (`k8s\0` + `runtime.Unknown`) decoded with
+//! k8s-pb's generated types, then turned into the JSON the rest of the server stores.
+//! Responses stay JSON, which those clients accept.
+
+use base64::Engine;
+use k8s_pb::api::core::v1 as core;
+use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+use k8s_pb::apimachinery::pkg::runtime::Unknown;
+use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
+use prost::Message;
+use serde_json::{Map, Value, json};
+
+const MAGIC: &[u8] = b"k8s\0";
+
+/// Whether a Content-Type is the Kubernetes protobuf one.
+pub fn is_protobuf(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim() == "application/vnd.kubernetes.protobuf")
+}
+
+/// The JSON form of a protobuf-encoded object, or what is wrong with it.
+pub fn decode(body: &[u8]) -> Result<Value, String> {
+    let raw = body
+        .strip_prefix(MAGIC)
+        .ok_or("a protobuf body starts with the k8s\\0 magic")?;
+    let unknown = Unknown::decode(raw).map_err(|e| format!("the protobuf envelope: {e}"))?;
+    let tm = unknown.type_meta.unwrap_or_default();
+    let api_version = tm.api_version.unwrap_or_default();
+    let kind = tm.kind.unwrap_or_default();
+    let bytes = unknown.raw.unwrap_or_default();
+    let bad = |e: prost::DecodeError| format!("the protobuf {kind}: {e}");
+    let mut v = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => {
+            let n = core::Namespace::decode(bytes.as_slice()).map_err(bad)?;
+            let mut o = object(n.metadata);
+            if let Some(spec) = n.spec {
+                let mut s = Map::new();
+                strings(&mut s, "finalizers", spec.finalizers);
+                o.insert("spec".into(), Value::Object(s));
+            }
+            o
+        }
+        ("v1", "Secret") => {
+            let n = core::Secret::decode(bytes.as_slice()).map_err(bad)?;
+            let mut o = object(n.metadata);
+            plain(&mut o, "type", n.r#type);
+            opt(&mut o, "immutable", n.immutable);
+            bytes_map(&mut o, "data", n.data);
+            string_map(&mut o, "stringData", n.string_data);
+            o
+        }
+        ("v1", "ConfigMap") => {
+            let n = core::ConfigMap::decode(bytes.as_slice()).map_err(bad)?;
+            let mut o = object(n.metadata);
+            opt(&mut o, "immutable", n.immutable);
+            string_map(&mut o, "data", n.data);
+            bytes_map(&mut o, "binaryData", n.binary_data);
+            o
+        }
+        ("v1", "Service") => {
+            let n = core::Service::decode(bytes.as_slice()).map_err(bad)?;
+            let mut o = object(n.metadata);
+            if let Some(spec) = n.spec {
+                o.insert("spec".into(), Value::Object(service_spec(spec)));
+            }
+            o
+        }
+        _ => {
+            return Err(format!(
+                "protobuf bodies are read for v1 Namespaces, Services, Secrets and ConfigMaps; \
+                 send {api_version} {kind} as JSON"
+            ));
+        }
+    };
+    v.insert("apiVersion".into(), json!(api_version));
+    v.insert("kind".into(), json!(kind));
+    Ok(Value::Object(v))
+}
+
+/// A field Go holds by pointer: present when sent.
+fn opt<T: Into<Value>>(m: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        m.insert(key.into(), v.into());
+    }
+}
+
+/// A field Go holds by value: Go's encoder always sends it, and its JSON leaves out the
+/// zero value (`omitempty`), so zero means unset.
+fn plain<T: Into<Value>>(m: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    let Some(v) = v.map(Into::into) else {
+        return;
+    };
+    let zero = match &v {
+        Value::String(s) => s.is_empty(),
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        _ => false,
+    };
+    if !zero {
+        m.insert(key.into(), v);
+    }
+}
+
+fn strings(m: &mut Map<String, Value>, key: &str, v: Vec<String>) {
+    if !v.is_empty() {
+        m.insert(key.into(), json!(v));
+    }
+}
+
+fn string_map(
+    m: &mut Map<String, Value>,
+    key: &str,
+    v: std::collections::BTreeMap<String, String>,
+) {
+    if !v.is_empty() {
+        m.insert(key.into(), json!(v));
+    }
+}
+
+fn bytes_map(
+    m: &mut Map<String, Value>,
+    key: &str,
+    v: std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    if !v.is_empty() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let encoded: Map<String, Value> = v
+            .into_iter()
+            .map(|(k, b)| (k, json!(b64.encode(b))))
+            .collect();
+        m.insert(key.into(), Value::Object(encoded));
+    }
+}
+
+fn time(t: Option<meta::Time>) -> Option<String> {
+    // Go sends a zero time as an empty message.
+    let seconds = t?.seconds.filter(|s| *s != 0)?;
+    jiff::Timestamp::from_second(seconds)
+        .ok()
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn object(m: Option<meta::ObjectMeta>) -> Map<String, Value> {
+    let mut o = Map::new();
+    let Some(m) = m else {
+        return o;
+    };
+    let mut md = Map::new();
+    plain(&mut md, "name", m.name);
+    plain(&mut md, "generateName", m.generate_name);
+    plain(&mut md, "namespace", m.namespace);
+    plain(&mut md, "uid", m.uid);
+    plain(&mut md, "resourceVersion", m.resource_version);
+    plain(&mut md, "generation", m.generation);
+    plain(&mut md, "creationTimestamp", time(m.creation_timestamp));
+    opt(&mut md, "deletionTimestamp", time(m.deletion_timestamp));
+    opt(
+        &mut md,
+        "deletionGracePeriodSeconds",
+        m.deletion_grace_period_seconds,
+    );
+    string_map(&mut md, "labels", m.labels);
+    string_map(&mut md, "annotations", m.annotations);
+    strings(&mut md, "finalizers", m.finalizers);
+    if !m.owner_references.is_empty() {
+        let refs: Vec<Value> = m
+            .owner_references
+            .into_iter()
+            .map(|r| {
+                let mut x = Map::new();
+                plain(&mut x, "apiVersion", r.api_version);
+                plain(&mut x, "kind", r.kind);
+                plain(&mut x, "name", r.name);
+                plain(&mut x, "uid", r.uid);
+                opt(&mut x, "controller", r.controller);
+                opt(&mut x, "blockOwnerDeletion", r.block_owner_deletion);
+                Value::Object(x)
+            })
+            .collect();
+        md.insert("ownerReferences".into(), Value::Array(refs));
+    }
+    o.insert("metadata".into(), Value::Object(md));
+    o
+}
+
+fn int_or_string(v: IntOrString) -> Value {
+    match v.r#type {
+        Some(1) => json!(v.str_val.unwrap_or_default()),
+        _ => json!(v.int_val.unwrap_or_default()),
+    }
+}
+
+fn service_spec(s: core::ServiceSpec) -> Map<String, Value> {
+    let mut o = Map::new();
+    if !s.ports.is_empty() {
+        let ports: Vec<Value> = s
+            .ports
+            .into_iter()
+            .map(|p| {
+                let mut x = Map::new();
+                plain(&mut x, "name", p.name);
+                plain(&mut x, "protocol", p.protocol);
+                opt(&mut x, "appProtocol", p.app_protocol);
+                plain(&mut x, "port", p.port);
+                // A zero IntOrString is an unset one (the server defaults it to the port).
+                match p.target_port.map(int_or_string) {
+                    Some(t) if t != json!(0) && t != json!("") => {
+                        x.insert("targetPort".into(), t);
+                    }
+                    _ => {}
+                }
+                plain(&mut x, "nodePort", p.node_port);
+                Value::Object(x)
+            })
+            .collect();
+        o.insert("ports".into(), Value::Array(ports));
+    }
+    string_map(&mut o, "selector", s.selector);
+    plain(&mut o, "clusterIP", s.cluster_ip);
+    strings(&mut o, "clusterIPs", s.cluster_ips);
+    plain(&mut o, "type", s.r#type);
+    strings(&mut o, "externalIPs", s.external_ips);
+    plain(&mut o, "sessionAffinity", s.session_affinity);
+    plain(&mut o, "loadBalancerIP", s.load_balancer_ip);
+    strings(
+        &mut o,
+        "loadBalancerSourceRanges",
+        s.load_balancer_source_ranges,
+    );
+    plain(&mut o, "externalName", s.external_name);
+    plain(&mut o, "externalTrafficPolicy", s.external_traffic_policy);
+    plain(&mut o, "healthCheckNodePort", s.health_check_node_port);
+    plain(
+        &mut o,
+        "publishNotReadyAddresses",
+        s.publish_not_ready_addresses,
+    );
+    if let Some(c) = s.session_affinity_config {
+        let timeout = c.client_ip.and_then(|c| c.timeout_seconds);
+        o.insert(
+            "sessionAffinityConfig".into(),
+            json!({"clientIP": timeout.map_or_else(|| json!({}), |t| json!({"timeoutSeconds": t}))}),
+        );
+    }
+    strings(&mut o, "ipFamilies", s.ip_families);
+    opt(&mut o, "ipFamilyPolicy", s.ip_family_policy);
+    opt(
+        &mut o,
+        "allocateLoadBalancerNodePorts",
+        s.allocate_load_balancer_node_ports,
+    );
+    opt(&mut o, "loadBalancerClass", s.load_balancer_class);
+    opt(&mut o, "internalTrafficPolicy", s.internal_traffic_policy);
+    opt(&mut o, "trafficDistribution", s.traffic_distribution);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_pb::apimachinery::pkg::runtime::TypeMeta;
+
+    fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let u = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+            }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend(u.encode_to_vec());
+        out
+    }
+
+    #[test]
+    fn typed_kubectl_bodies_become_the_json_objects_they_describe() {
+        let svc = core::Service {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("web".into()),
+                labels: [("app".to_string(), "web".to_string())].into(),
+                ..Default::default()
+            }),
+            spec: Some(core::ServiceSpec {
+                ports: vec![core::ServicePort {
+                    name: Some("80-8080".into()),
+                    protocol: Some("TCP".into()),
+                    port: Some(80),
+                    target_port: Some(IntOrString {
+                        r#type: Some(0),
+                        int_val: Some(8080),
+                        str_val: None,
+                    }),
+                    ..Default::default()
+                }],
+                selector: [("app".to_string(), "web".to_string())].into(),
+                r#type: Some("LoadBalancer".into()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let v = decode(&envelope("v1", "Service", svc.encode_to_vec())).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {"ports": [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+                         "selector": {"app": "web"}, "type": "LoadBalancer"}})
+        );
+        let secret = core::Secret {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("pw".into()),
+                namespace: Some("routelb-system".into()),
+                ..Default::default()
+            }),
+            data: [("password".to_string(), b"s3cret".to_vec())].into(),
+            r#type: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let v = decode(&envelope("v1", "Secret", secret.encode_to_vec())).unwrap();
+        assert_eq!(v["data"]["password"], "czNjcmV0");
+        assert_eq!(v["metadata"]["namespace"], "routelb-system");
+        let err = decode(&envelope("apps/v1", "Deployment", Vec::new())).unwrap_err();
+        assert!(err.contains("send apps/v1 Deployment as JSON"), "{err}");
+        assert!(decode(b"{}").is_err());
+    }
+}
