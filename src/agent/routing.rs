@@ -477,7 +477,7 @@ impl Task {
         match instance {
             Ok(id) => {
                 let note = match &seen {
-                    Some(Ok(old)) if *old != id => Some((
+                    Some(Ok(old)) if daemon.restarted(old, &id) => Some((
                         "RoutingDaemonRestarted",
                         format!(
                             "{name} restarted on node {}; routelb gives it its configuration again",
@@ -494,7 +494,11 @@ impl Task {
                     _ => None,
                 };
                 if let Some((reason, note)) = note {
-                    tracing::warn!(daemon = name, "{note}");
+                    let was = match &seen {
+                        Some(Ok(old)) => old.clone(),
+                        _ => String::new(),
+                    };
+                    tracing::warn!(daemon = name, was = %was, now = %id, "{note}");
                     self.publisher.publish(event(reason, false, note));
                     self.applied.remove(name);
                     self.applied_context.remove(name);
@@ -533,7 +537,7 @@ impl Task {
         let fresh = self
             .versions
             .get(name)
-            .is_none_or(|(i, v)| *i != instance || v.is_none());
+            .is_none_or(|(i, v)| daemon.restarted(i, &instance) || v.is_none());
         let d = daemon.clone();
         let read = tokio::task::spawn_blocking(move || {
             let version = if fresh { d.version() } else { None };

@@ -73,6 +73,16 @@ impl RoutingDaemon for Bird {
             .unwrap_or_else(|| lines.join(" ")))
     }
 
+    /// BIRD derives its boot time from its monotonic clock at every `show status`, so
+    /// the same process says "19:03:06.697" and then "19:03:06.698": times less than
+    /// 50 ms apart are one start (a restart seen by routelb is seconds later).
+    fn restarted(&self, was: &str, now: &str) -> bool {
+        match (boot_time(was), boot_time(now)) {
+            (Some(a), Some(b)) => (a - b).abs() > 50,
+            _ => was != now,
+        }
+    }
+
     fn validate(&self, text: &str) -> Result<(), DaemonError> {
         check_file(&self.config, text, |file| {
             // The daemon itself checks (same version, same paths); without it, bird -p.
@@ -159,6 +169,15 @@ pub fn bird_command(
     Ok(Ok(lines))
 }
 
+/// Milliseconds since the epoch of BIRD's "2026-12-04 19:03:06.697" (local time as BIRD
+/// prints it; only differences matter here).
+fn boot_time(text: &str) -> Option<i64> {
+    let (date, time) = text.trim().split_once(' ')?;
+    let civil: k8s_openapi::jiff::civil::DateTime = format!("{date}T{time}").parse().ok()?;
+    let ts = civil.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).ok()?;
+    Some(ts.timestamp().as_millisecond())
+}
+
 /// Runs one command over BIRD's control socket and returns the reply's raw lines, codes
 /// included (`1002-...`, continuation lines starting with a space), up to and including
 /// its last line (a code followed by a space).
@@ -208,6 +227,18 @@ pub fn bird_reply(socket: &Path, command: &str) -> Result<Vec<String>, DaemonErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boot_time_that_jitters_by_a_millisecond_is_no_restart() {
+        let bird = Bird {
+            config: "/etc/bird/bird.conf".into(),
+            socket: "/run/bird/bird.ctl".into(),
+        };
+        assert!(!bird.restarted("2026-12-04 19:03:06.697", "2026-12-04 19:03:06.698"));
+        assert!(!bird.restarted("2026-12-04 19:03:06.999", "2026-12-04 19:03:07.000"));
+        assert!(bird.restarted("2026-12-04 19:03:06.697", "2026-12-04 19:03:09.120"));
+        assert!(bird.restarted("2026-12-04 19:03:06.697", "show status said something else"));
+    }
 
     #[test]
     fn an_absent_bird_socket_is_unreachable_not_invalid() {

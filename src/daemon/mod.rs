@@ -24,6 +24,10 @@ pub trait RoutingDaemon: fmt::Debug + Send + Sync {
     /// What identifies the running daemon process: changes when it restarts (then it
     /// may run any configuration, its bootstrap one for instance).
     fn instance(&self) -> Result<String, DaemonError>;
+    /// Whether two [`instance`](Self::instance) answers are two different processes.
+    fn restarted(&self, was: &str, now: &str) -> bool {
+        was != now
+    }
     /// Checks a configuration without applying it.
     fn validate(&self, text: &str) -> Result<(), DaemonError>;
     /// Makes the running daemon load the configuration file as it is now.
