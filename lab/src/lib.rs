@@ -306,18 +306,75 @@ pub fn route_changes(log: &str, addr: IpAddr) -> Vec<(bool, BTreeSet<IpAddr>)> {
     out
 }
 
-/// Removes what labs left behind: their namespaces and the processes recorded in
-/// `/tmp/routelb-lab-*/pids` (a lab killed before it could clean up).
-pub fn down() -> anyhow::Result<usize> {
-    let mut removed = 0;
+fn lab_dirs() -> anyhow::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
     for entry in std::fs::read_dir(std::env::temp_dir())? {
         let path = entry?.path();
-        if !path
+        if path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("routelb-lab-"))
         {
-            continue;
+            dirs.push(path);
         }
+    }
+    Ok(dirs)
+}
+
+/// Runs a command in a host of the kept lab (`scripts/lab --keep`): `router`, `node-1`,
+/// `client`, ... as its `hosts` file names them. Returns the command's exit code.
+pub fn exec_in(host: &str, cmd: &[String]) -> anyhow::Result<i32> {
+    let mut kept: Vec<(std::time::SystemTime, PathBuf)> = lab_dirs()?
+        .into_iter()
+        .filter_map(|d| {
+            let m = std::fs::metadata(d.join("hosts")).ok()?.modified().ok()?;
+            Some((m, d))
+        })
+        .collect();
+    kept.sort();
+    let Some((_, dir)) = kept.pop() else {
+        bail!("no kept lab is running: start one with scripts/lab --keep");
+    };
+    let hosts = std::fs::read_to_string(dir.join("hosts"))?;
+    let names: Vec<(&str, &str)> = hosts.lines().filter_map(|l| l.split_once(' ')).collect();
+    let Some((_, ns)) = names.iter().find(|(n, _)| *n == host) else {
+        let all: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "no host {host:?} in the lab: its hosts are {}",
+            all.join(", ")
+        );
+    };
+    if cmd.is_empty() {
+        bail!("say what to run, e.g. scripts/lab exec {host} ip route");
+    }
+    let status = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .status()
+        .context("ip netns exec")?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// Removes what labs left behind: a kept lab is asked to stop (SIGTERM: it removes
+/// everything itself), then namespaces and the processes recorded in
+/// `/tmp/routelb-lab-*/pids` (a lab killed before it could clean up) go.
+pub fn down() -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for path in lab_dirs()? {
+        if let Some(pid) = std::fs::read_to_string(path.join("keeper"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let start = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists()
+                && start.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            removed += 1;
+        }
+    }
+    for path in lab_dirs()? {
         if let Ok(pids) = std::fs::read_to_string(path.join("pids")) {
             for pid in pids.split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
@@ -1595,6 +1652,30 @@ impl Lab {
     /// Tears everything down.
     pub fn shutdown(mut self) {
         self.teardown();
+    }
+
+    /// Keeps the lab for `scripts/lab exec` and `scripts/lab down`: names its hosts and
+    /// records this process as the one that holds it.
+    pub fn keep(&self) -> anyhow::Result<()> {
+        let mut hosts = String::new();
+        for (i, r) in self.routers.iter().enumerate() {
+            let name = if i == 0 {
+                "router".to_string()
+            } else {
+                format!("router-{}", i + 1)
+            };
+            hosts.push_str(&format!("{name} {}\n", r.netns));
+        }
+        for n in &self.nodes {
+            hosts.push_str(&format!("{} {}\n", n.name, n.netns));
+        }
+        hosts.push_str(&format!("client {}\n", self.client_netns));
+        if self.opts.l2 {
+            hosts.push_str(&format!("lan {}\n", self.lan_netns));
+        }
+        std::fs::write(self.dir.join("hosts"), hosts)?;
+        std::fs::write(self.dir.join("keeper"), std::process::id().to_string())?;
+        Ok(())
     }
 
     fn teardown(&mut self) {

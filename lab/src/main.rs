@@ -23,48 +23,64 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Build the lab, show a Service spread over three nodes by ECMP, tear it down.
-    Demo {
-        /// The router's daemon: bird or frr.
-        #[arg(long, default_value = "bird")]
-        router: String,
-        /// The nodes' daemons, comma-separated (one per node).
-        #[arg(long, default_value = "bird,bird,bird")]
-        nodes: String,
-        /// Connections opened from the client.
-        #[arg(long, default_value_t = 60)]
-        connections: usize,
-        /// The routelb binary.
-        #[arg(long, default_value = "target/release/routelb")]
-        routelb: PathBuf,
-        /// The repository (templates/, examples/).
-        #[arg(long, default_value = ".")]
-        repo: PathBuf,
-        /// Show a local (L2) pool instead: one node answers ARP/NDP, then it dies and
-        /// another takes over.
-        #[arg(long)]
-        l2: bool,
-        /// Show cluster IPs instead: a ClusterIP Service reached by the router with
-        /// ECMP, one route per address, then the service CIDR as one prefix.
-        #[arg(long)]
-        cluster_ip: bool,
+    Demo(DemoArgs),
+    /// Run a command in a host of the kept lab: router, node-1, node-2, node-3, client.
+    Exec {
+        host: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
     },
-    /// Remove namespaces and processes left by an interrupted lab.
+    /// Remove a kept lab, and the namespaces and processes left by an interrupted one.
     Down,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// The router's daemon: bird or frr.
+    #[arg(long, default_value = "bird")]
+    router: String,
+    /// The nodes' daemons, comma-separated (one per node).
+    #[arg(long, default_value = "bird,bird,bird")]
+    nodes: String,
+    /// Connections opened from the client.
+    #[arg(long, default_value_t = 60)]
+    connections: usize,
+    /// The routelb binary.
+    #[arg(long, default_value = "target/release/routelb")]
+    routelb: PathBuf,
+    /// The repository (templates/, examples/).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Show a local (L2) pool instead: one node answers ARP/NDP, then it dies and
+    /// another takes over.
+    #[arg(long)]
+    l2: bool,
+    /// Show cluster IPs instead: a ClusterIP Service reached by the router with
+    /// ECMP, one route per address, then the service CIDR as one prefix.
+    #[arg(long)]
+    cluster_ip: bool,
+    /// Leave the lab running afterwards (a playground for kubectl): prints the
+    /// KUBECONFIG to use; `routelb-lab down` or Ctrl-C ends it.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn section(title: &str) {
     println!("\n== {title}");
 }
 
-async fn demo(
-    router: &str,
-    nodes: &str,
-    connections: usize,
-    routelb: PathBuf,
-    repo: PathBuf,
-    l2: bool,
-    cluster_ip: bool,
-) -> anyhow::Result<()> {
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let DemoArgs {
+        router,
+        nodes,
+        connections,
+        routelb,
+        repo,
+        l2,
+        cluster_ip,
+        keep,
+    } = args;
+    let (router, nodes) = (router.as_str(), nodes.as_str());
     let mut opts = Options::new(
         routelb.canonicalize().context("the routelb binary")?,
         repo.canonicalize()?,
@@ -87,12 +103,45 @@ async fn demo(
         started.elapsed().as_secs_f64(),
         lab.sessions()?
     );
-    if l2 {
-        return demo_l2(lab).await;
+    let lab = if l2 {
+        demo_l2(lab).await?
+    } else if cluster_ip {
+        demo_cluster_ip(lab, connections).await?
+    } else {
+        demo_bgp(lab, connections).await?
+    };
+    if keep {
+        return playground(lab).await;
     }
-    if cluster_ip {
-        return demo_cluster_ip(lab, connections).await;
+    section("cleaning up");
+    lab.shutdown();
+    println!("done");
+    Ok(())
+}
+
+/// Leaves the lab up until SIGINT or SIGTERM (`scripts/lab down`), then removes it.
+async fn playground(lab: Lab) -> anyhow::Result<()> {
+    lab.keep()?;
+    section("the lab stays up: try it with kubectl (scripts/lab down ends it)");
+    println!("export KUBECONFIG={}", lab.kubeconfig.display());
+    println!("kubectl get svc,addresspools");
+    println!("kubectl create service loadbalancer web --tcp=80:8080");
+    println!("kubectl get svc web -w");
+    println!("sudo scripts/lab exec router ip route        # the router's ECMP routes");
+    println!("sudo scripts/lab exec node-1 ip route show table 200");
+    println!("sudo scripts/lab down");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
+    section("cleaning up");
+    lab.shutdown();
+    println!("done");
+    Ok(())
+}
+
+async fn demo_bgp(lab: Lab, connections: usize) -> anyhow::Result<Lab> {
     section("kubectl create service (type LoadBalancer, externalTrafficPolicy: Cluster)");
     let t = Instant::now();
     lab.create_service("demo", false).await?;
@@ -124,10 +173,7 @@ async fn demo(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     print!("{out}");
-    section("cleaning up");
-    lab.shutdown();
-    println!("done");
-    Ok(())
+    Ok(lab)
 }
 
 /// Opens `connections` to `ip:8080` from the client and prints how many each node answered.
@@ -162,7 +208,7 @@ async fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
     None
 }
 
-async fn demo_cluster_ip(lab: Lab, connections: usize) -> anyhow::Result<()> {
+async fn demo_cluster_ip(lab: Lab, connections: usize) -> anyhow::Result<Lab> {
     let wait = Duration::from_secs(30);
     let cidr = "203.0.113.0/29";
     section(&format!(
@@ -206,13 +252,10 @@ async fn demo_cluster_ip(lab: Lab, connections: usize) -> anyhow::Result<()> {
     ));
     print!("{}", lab.route_to(0, cidr));
     println!("(kube-proxy takes the packets for cluster IPs in use; the lab has none)");
-    section("cleaning up");
-    lab.shutdown();
-    println!("done");
-    Ok(())
+    Ok(lab)
 }
 
-async fn demo_l2(mut lab: Lab) -> anyhow::Result<()> {
+async fn demo_l2(mut lab: Lab) -> anyhow::Result<Lab> {
     let wait = Duration::from_secs(30);
     section("a Service from the local pool `lan` (mode: local), IPv4 and IPv6");
     let t = Instant::now();
@@ -276,24 +319,14 @@ async fn demo_l2(mut lab: Lab) -> anyhow::Result<()> {
     for (node, n) in tally {
         println!("  {node:<20} {n:>4}");
     }
-    section("cleaning up");
-    lab.shutdown();
-    println!("done");
-    Ok(())
+    Ok(lab)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Demo {
-            router,
-            nodes,
-            connections,
-            routelb,
-            repo,
-            l2,
-            cluster_ip,
-        } => demo(&router, &nodes, connections, routelb, repo, l2, cluster_ip).await,
+        Cmd::Demo(args) => demo(args).await,
+        Cmd::Exec { host, cmd } => std::process::exit(lab::exec_in(&host, &cmd)?),
         Cmd::Down => {
             let n = lab::down()?;
             println!("removed {n} lab leftovers");
