@@ -338,6 +338,28 @@ async fn a_bad_template_keeps_the_last_good_configuration_and_says_so() {
     lab.create_service("after", false).await.unwrap();
     let ip2 = lab.external_ip("after", WAIT).await.unwrap();
     lab.wait_nexthops(0, ip2, &all, WAIT).await.unwrap();
+    // A template that cannot even be rendered, met by a restarted agent: the daemon
+    // still answers and runs its last configuration, and the agent says so (it once
+    // reported the daemon down).
+    std::fs::write(&template, "{{ no_such_value }}\n").unwrap();
+    let mut lab = lab;
+    lab.stop_agent(0);
+    lab.start_agent(0).unwrap();
+    let start = Instant::now();
+    let m = loop {
+        let m = lab.agent_metrics(0);
+        if lab::metric(&m, "routelb_daemon_up", &[]).is_some() {
+            break m;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no routelb_daemon_up after the restart: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(lab::metric(&m, "routelb_daemon_up", &[]), Some(1.0), "{m}");
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), good);
+    assert_eq!(lab.nexthops(0, ip2), all, "routing is unaffected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

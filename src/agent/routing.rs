@@ -504,6 +504,12 @@ impl Task {
                     self.applied_context.remove(name);
                 }
                 self.instances.insert(name, Ok(id));
+                // It answers, whatever becomes of the configuration (one that cannot be
+                // rendered must not show the daemon as down).
+                self.set(|s| {
+                    s.daemon = Some(name);
+                    s.reachable = true;
+                });
             }
             Err(e) => {
                 if !matches!(seen, Some(Err(_))) {
