@@ -68,6 +68,10 @@ pub struct Options {
     pub l2: bool,
     /// More arguments for every agent (`--vip-mode local-route`, ...).
     pub agent_args: Vec<String>,
+    /// A cluster with the CRDs, `routelb-system` and the Nodes but no routelb objects
+    /// (no RouterConfig, BGPPeer or pool): what a user applies next is theirs, and
+    /// [`Lab::up`] does not wait for BGP sessions.
+    pub bare: bool,
 }
 
 impl Options {
@@ -81,6 +85,7 @@ impl Options {
             leaves: 1,
             l2: false,
             agent_args: Vec::new(),
+            bare: false,
         }
     }
 
@@ -465,8 +470,10 @@ impl Lab {
         for i in 0..lab.nodes.len() {
             lab.wait_agent_ready(i).await?;
         }
-        lab.wait_sessions(lab.nodes.len(), Duration::from_secs(60))
-            .await?;
+        if !lab.opts.bare {
+            lab.wait_sessions(lab.nodes.len(), Duration::from_secs(60))
+                .await?;
+        }
         Ok(lab)
     }
 
@@ -676,6 +683,15 @@ impl Lab {
                 .create(&PostParams::default(), &node)
                 .await?;
         }
+        // Templates are copied so that a test may edit them.
+        let templates = self.dir.join("templates");
+        std::fs::create_dir_all(&templates)?;
+        for t in ["bird.conf.tera", "frr.conf.tera"] {
+            std::fs::copy(self.opts.repo.join("templates").join(t), templates.join(t))?;
+        }
+        if self.opts.bare {
+            return Ok(());
+        }
         self.apply_router_configs(None).await?;
         for (leaf, r) in self.routers.clone().iter().enumerate() {
             self.apply_routelb("BGPPeer", "bgppeers", &format!("leaf{}", leaf + 1), json!({
@@ -701,12 +717,6 @@ impl Lab {
                        "mode": "local", "autoAssign": false}),
             )
             .await?;
-        }
-        // Templates are copied so that a test may edit them.
-        let templates = self.dir.join("templates");
-        std::fs::create_dir_all(&templates)?;
-        for t in ["bird.conf.tera", "frr.conf.tera"] {
-            std::fs::copy(self.opts.repo.join("templates").join(t), templates.join(t))?;
         }
         Ok(())
     }

@@ -938,3 +938,117 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
         .unwrap();
     println!("aggregate withdrawn at the router {took:?} after its last Service went");
 }
+
+/// Runs one README command line (`kubectl ...  # comment`) in the repository with the
+/// lab's kubeconfig, through the shell as a user would type it.
+fn readme_command(lab: &Lab, line: &str) -> (bool, String) {
+    let cmd = line.split(" #").next().unwrap().trim();
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .env("KUBECONFIG", &lab.kubeconfig)
+        .current_dir(&lab.opts.repo)
+        .output()
+        .expect("sh runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The README's "Your first Service", every command as printed, with the real kubectl on
+/// a lab that has no routelb objects of its own: the examples' BGPPeer `tor` is the lab's
+/// router, and the outputs are what the comments say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_first_service_runs_as_printed() {
+    let mut opts = options(Kind::Bird, &[Kind::Bird; 3]);
+    opts.bare = true;
+    let lab = Lab::up(opts).await.expect("the lab comes up");
+    let readme = std::fs::read_to_string(lab.opts.repo.join("README.md")).unwrap();
+    let block = readme
+        .split("## Your first Service")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README has the block");
+    let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 7, "{block}");
+    let mut web_ip = None;
+    for line in lines {
+        let start = Instant::now();
+        let (ok, out) = loop {
+            let (ok, out) = readme_command(&lab, line);
+            let done = ok
+                && if line.contains("get svc web") {
+                    let ip = out.lines().nth(1).and_then(|r| r.split_whitespace().nth(3));
+                    web_ip = ip
+                        .filter(|ip| ["203.0.113.1", "203.0.113.2"].contains(ip))
+                        .map(str::to_string);
+                    web_ip.is_some()
+                } else if line.contains("describe svc web") {
+                    out.contains("AddressAssigned") && out.matches("Announcing").count() == 3
+                } else if line.contains("get addresspools") {
+                    let head: Vec<&str> = out
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .collect();
+                    head == [
+                        "NAME", "MODE", "IPV4", "USED", "IPV4", "FREE", "IPV6", "USED", "IPV6",
+                        "FREE", "READY", "AGE",
+                    ] && out.lines().any(|l| {
+                        l.starts_with("public ") && l.split_whitespace().nth(2) == Some("3")
+                    })
+                } else if line.starts_with("kubectl apply -f ") {
+                    out.lines().all(|l| l.ends_with(" created"))
+                } else {
+                    panic!("no check for the README command {line:?}: add one to this test");
+                };
+            if done || start.elapsed() > WAIT {
+                break (done, out);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(ok, "README: {line}\n{out}");
+        eprintln!("$ {line}\n{out}");
+    }
+    // "on a router, `ip route show 203.0.113.1` shows one next hop per announcing node"
+    let ip: std::net::IpAddr = web_ip.unwrap().parse().unwrap();
+    let all = lab.node_addrs(0..lab.nodes.len());
+    if let Err(e) = lab.wait_nexthops(0, ip, &all, WAIT).await {
+        let conf = std::fs::read_to_string(lab.dir.join("node-1/bird.conf")).unwrap_or_default();
+        let log = std::fs::read_to_string(lab.dir.join("node-1/bird.log")).unwrap_or_default();
+        let agent = std::fs::read_to_string(lab.dir.join("node-1/agent.log")).unwrap_or_default();
+        let (_, reports) =
+            readme_command(&lab, "kubectl get lbnode -n routelb-system node-1 -o yaml");
+        panic!(
+            "{e}\nsessions at the router: {:?}\nnode-1 bird.conf:\n{conf}\nnode-1 bird.log:\n{log}\nagent:\n{agent}\n{reports}",
+            lab.sessions()
+        );
+    }
+    // The nodes' reports, with the CRD's columns as the README shows them.
+    let (ok, out) = readme_command(&lab, "kubectl get lbnode -n routelb-system");
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [
+            "NAME",
+            "NODE",
+            "DAEMON",
+            "SESSIONS",
+            "ANNOUNCED",
+            "RELOAD",
+            "LAST",
+            "RELOAD",
+            "AGE"
+        ],
+        "{out}"
+    );
+    lab.shutdown();
+}
