@@ -113,6 +113,18 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
             ));
         }
         ["healthz"] | ["readyz"] | ["livez"] => return Ok(json_response(StatusCode::OK, "ok")),
+        ["api"] | ["apis"] if aggregated_wanted(&req).is_some() => {
+            let version = aggregated_wanted(&req).unwrap_or("v2");
+            let doc = aggregated_list(shared, segs == ["api"], version);
+            let mut r = value_response(StatusCode::OK, &doc);
+            let ct = format!(
+                "application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&ct) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            return Ok(r);
+        }
         ["api"] => {
             return Ok(value_response(
                 StatusCode::OK,
@@ -408,6 +420,65 @@ fn list_query(rt: &ResourceType, q: &HashMap<String, String>) -> ApiResult<ListQ
             .get("resourceVersionMatch")
             .filter(|m| !m.is_empty())
             .cloned(),
+    })
+}
+
+/// The aggregated discovery version a request's Accept header asks for (kubectl asks
+/// for `v2`, then `v2beta1`, then the legacy documents), if any.
+fn aggregated_wanted(req: &Request<Incoming>) -> Option<&'static str> {
+    let accept = req.headers().get(header::ACCEPT)?.to_str().ok()?;
+    accept.split(',').find_map(|part| {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        if !(params.contains(&"as=APIGroupDiscoveryList")
+            && params.contains(&"g=apidiscovery.k8s.io"))
+        {
+            return None;
+        }
+        if params.contains(&"v=v2") {
+            Some("v2")
+        } else if params.contains(&"v=v2beta1") {
+            Some("v2beta1")
+        } else {
+            None
+        }
+    })
+}
+
+/// `/api` (the core group) or `/apis` (every other group) as one APIGroupDiscoveryList:
+/// every group, version and resource in one document.
+fn aggregated_list(shared: &Shared, core: bool, version: &str) -> Value {
+    let inner = shared.api.lock();
+    // (group, [(version, resources)]), in the registry's order.
+    type Versions = Vec<(String, Vec<Value>)>;
+    let mut groups: Vec<(String, Versions)> = Vec::new();
+    for rt in inner.registry.all().filter(|r| r.group.is_empty() == core) {
+        let g = match groups.iter_mut().position(|(g, _)| *g == rt.group) {
+            Some(i) => &mut groups[i].1,
+            None => {
+                groups.push((rt.group.clone(), Vec::new()));
+                &mut groups.last_mut().expect("pushed").1
+            }
+        };
+        match g.iter_mut().find(|(v, _)| *v == rt.version) {
+            Some((_, resources)) => resources.push(rt.aggregated()),
+            None => g.push((rt.version.clone(), vec![rt.aggregated()])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(name, versions)| {
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|(v, resources)| json!({"version": v, "resources": resources, "freshness": "Current"}))
+                .collect();
+            json!({"metadata": {"name": name}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
     })
 }
 

@@ -81,6 +81,32 @@ impl ResourceType {
         }
     }
 
+    /// The aggregated discovery entry (`apidiscovery.k8s.io/v2` APIResourceDiscovery).
+    pub fn aggregated(&self) -> Value {
+        let kind = json!({"group": self.group, "version": self.version, "kind": self.kind});
+        let mut r = json!({
+            "resource": self.plural,
+            "responseKind": kind,
+            "scope": if self.namespaced { "Namespaced" } else { "Cluster" },
+            "singularResource": self.singular,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        });
+        if !self.short_names.is_empty() {
+            r["shortNames"] = json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            r["categories"] = json!(self.categories);
+        }
+        if self.status_subresource {
+            r["subresources"] = json!([{
+                "subresource": "status",
+                "responseKind": kind,
+                "verbs": ["get", "patch", "update"],
+            }]);
+        }
+        r
+    }
+
     /// The discovery entry of this resource.
     pub fn discovery(&self) -> Vec<Value> {
         let verbs = json!([

@@ -151,6 +151,41 @@ fn real_kubectl_works_against_fake_apiserver() {
     let crds = rows(&k.ok(&["get", "crds"]));
     assert_eq!(crds[0], ["NAME", "CREATED AT"]);
     assert_eq!(crds.len(), 5, "{crds:?}");
+    // Discovery in one round trip per half (aggregated, as kubectl asks for it): no
+    // legacy per-group-version documents are fetched.
+    let fresh = k.dir.join("fresh-cache");
+    let r = k.run(&[
+        "api-resources",
+        "-v=6",
+        "--cache-dir",
+        fresh.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let urls: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.split("url=\"").nth(1))
+        .filter_map(|u| u.split('"').next())
+        .collect();
+    assert!(urls.iter().any(|u| u.contains("/apis?")), "{urls:?}");
+    let legacy: Vec<&&str> = urls
+        .iter()
+        .filter(|u| {
+            // The path: /api/v1 or /apis/GROUP/VERSION are the legacy documents.
+            let path = u
+                .splitn(4, '/')
+                .nth(3)
+                .unwrap_or("")
+                .split('?')
+                .next()
+                .unwrap_or("");
+            let segs: Vec<&str> = path.split('/').collect();
+            segs == ["api", "v1"] || (segs.len() == 3 && segs[0] == "apis")
+        })
+        .collect();
+    assert!(legacy.is_empty(), "legacy discovery requests: {legacy:?}");
+    let explained = k.ok(&["explain", "addresspool.spec"]);
+    assert_contains(&explained, "addresses\t<[]string> -required-");
     let res = k.ok(&["api-resources"]);
     let svc_line = res
         .lines()
