@@ -325,6 +325,24 @@ fn lab_dirs() -> anyhow::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// Runs the real kubectl against a lab (its kubeconfig); its output, or an error with
+/// what it printed on standard error.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .context("run kubectl (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs a command in a host of the kept lab (`scripts/lab --keep`): `router`, `node-1`,
 /// `client`, ... as its `hosts` file names them. Returns the command's exit code.
 pub fn exec_in(host: &str, cmd: &[String]) -> anyhow::Result<i32> {

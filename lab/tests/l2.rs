@@ -366,20 +366,7 @@ async fn local_policy_follows_endpoints_and_a_drain_moves_the_address() {
     assert_eq!(answerable.status, "False", "{answerable:?}");
     assert_eq!(answerable.reason, "NoNodeCanAnswer");
     // What the README prints works with the real kubectl.
-    let kubectl = |args: &[&str]| {
-        let out = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&lab.kubeconfig)
-            .args(args)
-            .output()
-            .expect("kubectl runs");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let kubectl = |args: &[&str]| lab::kubectl(&lab.kubeconfig, args).unwrap();
     let described = kubectl(&["describe", "addresspool", "far"]);
     assert!(
         described.contains("Answerable") && described.contains("NoNodeCanAnswer"),

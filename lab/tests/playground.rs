@@ -37,19 +37,8 @@ fn lab_cmd(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn kubectl(kubeconfig: &str, cache: &str, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(["--cache-dir", cache])
-        .args(args)
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn kubectl(kubeconfig: &str, args: &[&str]) -> String {
+    lab::kubectl(std::path::Path::new(kubeconfig), args).unwrap()
 }
 
 fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -107,7 +96,6 @@ fn a_kept_lab_is_a_kubectl_playground_until_down() {
     }
     let kubeconfig = kubeconfig.expect("the kept lab prints its KUBECONFIG");
     let dir = PathBuf::from(&kubeconfig).parent().unwrap().to_path_buf();
-    let cache = dir.join("kubectl-cache").to_string_lossy().into_owned();
     let hosts = std::fs::read_to_string(dir.join("hosts")).unwrap();
     let netns: Vec<String> = hosts
         .lines()
@@ -119,20 +107,18 @@ fn a_kept_lab_is_a_kubectl_playground_until_down() {
     );
 
     // The demo's Service is there, with its address; a new one gets one and is routed.
-    let demo = kubectl(&kubeconfig, &cache, &["get", "svc", "demo"]);
+    let demo = kubectl(&kubeconfig, &["get", "svc", "demo"]);
     assert!(
         demo.contains("LoadBalancer") && !demo.contains("<pending>"),
         "{demo}"
     );
     kubectl(
         &kubeconfig,
-        &cache,
         &["create", "service", "loadbalancer", "web", "--tcp=80:8080"],
     );
     let ip = poll("web gets an address", || {
         let ip = kubectl(
             &kubeconfig,
-            &cache,
             &[
                 "get",
                 "svc",
