@@ -12,12 +12,15 @@ use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event as CoreEvent, Namespace, Node, Pod, Secret, Service,
+    ConfigMap, Endpoints, Event as CoreEvent, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as NewEvent;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
@@ -71,8 +74,21 @@ static BUILTINS: LazyLock<Builtins> = LazyLock::new(|| {
         &mut kinds,
         ("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
     );
+    add::<ServiceAccount>(&mut g, &mut kinds, ("", "v1", "ServiceAccount"));
+    add::<Deployment>(&mut g, &mut kinds, ("apps", "v1", "Deployment"));
+    add::<DaemonSet>(&mut g, &mut kinds, ("apps", "v1", "DaemonSet"));
+    add::<PodDisruptionBudget>(&mut g, &mut kinds, ("policy", "v1", "PodDisruptionBudget"));
+    let rbac = "rbac.authorization.k8s.io";
+    add::<Role>(&mut g, &mut kinds, (rbac, "v1", "Role"));
+    add::<ClusterRole>(&mut g, &mut kinds, (rbac, "v1", "ClusterRole"));
+    add::<RoleBinding>(&mut g, &mut kinds, (rbac, "v1", "RoleBinding"));
+    add::<ClusterRoleBinding>(&mut g, &mut kinds, (rbac, "v1", "ClusterRoleBinding"));
     g.subschema_for::<ObjectMeta>();
     let mut schemas = g.take_definitions(true);
+    let mut visited = BTreeSet::new();
+    for (_, _, _, name) in &kinds {
+        annotate_lists(&mut schemas, name, &[], &mut visited);
+    }
     for (group, version, kind, name) in &kinds {
         if let Some(s) = schemas.get_mut(name).and_then(Value::as_object_mut) {
             s.insert(
@@ -85,6 +101,66 @@ static BUILTINS: LazyLock<Builtins> = LazyLock::new(|| {
     }
     Builtins { schemas, kinds }
 });
+
+/// The component a schema refers to (`$ref`, or `allOf: [$ref]` beside a description).
+fn ref_name(s: &Value) -> Option<String> {
+    let s = match s.get("allOf").and_then(Value::as_array) {
+        Some(a) if a.len() == 1 => &a[0],
+        _ => s,
+    };
+    s.get("$ref")?
+        .as_str()?
+        .strip_prefix(REF)
+        .map(str::to_string)
+}
+
+/// Marks the list fields the server merges by key (or as a set) with the patch
+/// extensions the real server publishes (`x-kubernetes-patch-strategy: merge`,
+/// `x-kubernetes-patch-merge-key`), from the same table its strategic merge uses, so
+/// that kubectl computes patches that change one container rather than the list.
+fn annotate_lists(
+    schemas: &mut Map<String, Value>,
+    name: &str,
+    path: &[String],
+    visited: &mut BTreeSet<String>,
+) {
+    if !visited.insert(name.to_string()) {
+        return;
+    }
+    let props: Vec<(String, Value)> = match schemas.get(name).and_then(|s| s.get("properties")) {
+        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        _ => return,
+    };
+    for (field, sub) in props {
+        let mut p = path.to_vec();
+        p.push(field.clone());
+        if let Some(items) = sub.get("items") {
+            let ext = match crate::patch::builtin_strategy(&p) {
+                crate::patch::ListStrategy::Keys(keys) => Some(json!({
+                    "x-kubernetes-patch-strategy": "merge",
+                    "x-kubernetes-patch-merge-key": keys[0],
+                })),
+                crate::patch::ListStrategy::Set => {
+                    Some(json!({"x-kubernetes-patch-strategy": "merge"}))
+                }
+                crate::patch::ListStrategy::Replace => None,
+            };
+            if let Some(Value::Object(ext)) = ext
+                && let Some(prop) = schemas
+                    .get_mut(name)
+                    .and_then(|s| s.pointer_mut(&format!("/properties/{field}")))
+                    .and_then(Value::as_object_mut)
+            {
+                prop.extend(ext);
+            }
+            if let Some(r) = ref_name(items) {
+                annotate_lists(schemas, &r, &p, visited);
+            }
+        } else if let Some(r) = ref_name(&sub) {
+            annotate_lists(schemas, &r, &p, visited);
+        }
+    }
+}
 
 /// The component name of a resource type's schema.
 fn component(rt: &ResourceType) -> String {
@@ -581,6 +657,22 @@ mod tests {
                 .iter()
                 .any(|p| p["name"] == "fieldValidation")
         );
+    }
+
+    #[test]
+    fn lists_the_server_merges_by_key_say_so_as_the_real_schemas_do() {
+        let s = &BUILTINS.schemas;
+        let containers = &s["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        let mounts = &s["io.k8s.api.core.v1.Container"]["properties"]["volumeMounts"];
+        assert_eq!(mounts["x-kubernetes-patch-merge-key"], "mountPath");
+        let ports = &s["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ports"];
+        assert_eq!(ports["x-kubernetes-patch-merge-key"], "port");
+        let finalizers = &s[OBJECT_META]["properties"]["finalizers"];
+        assert_eq!(finalizers["x-kubernetes-patch-strategy"], "merge");
+        let args = &s["io.k8s.api.core.v1.Container"]["properties"]["args"];
+        assert!(args.get("x-kubernetes-patch-strategy").is_none(), "{args}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! declared `x-kubernetes-list-type: map`), as a set (`metadata.finalizers`, CRD `set`
 //! lists), or by replacing them (everything else, e.g. `status.loadBalancer.ingress`).
 //! Strategic-merge directives supported: `$patch: replace|delete`,
-//! `$deleteFromPrimitiveList/<field>`; `$setElementOrder` and `$retainKeys` are ignored.
+//! `$deleteFromPrimitiveList/<field>`, `$setElementOrder/<field>`; `$retainKeys` is
+//! ignored.
 
 use serde_json::{Map, Value};
 
@@ -21,6 +22,29 @@ pub enum ListStrategy {
 /// (list indexes omitted).
 pub fn builtin_strategy(path: &[String]) -> ListStrategy {
     let joined = path.join(".");
+    // Pod templates (Deployments, DaemonSets) and Pods: the patch merge keys of their
+    // lists, so that kubectl apply's patches change one container, not the list.
+    let last = path.last().map(String::as_str).unwrap_or_default();
+    let parent = path.len().checked_sub(2).map(|i| path[i].as_str());
+    let key = |k: &str| ListStrategy::Keys(vec![k.to_string()]);
+    match (parent, last) {
+        (
+            _,
+            "containers"
+            | "initContainers"
+            | "ephemeralContainers"
+            | "volumes"
+            | "imagePullSecrets",
+        ) if pod_spec_of(path) => {
+            return key("name");
+        }
+        (Some("containers" | "initContainers"), "env") => return key("name"),
+        (Some("containers" | "initContainers"), "volumeMounts") => return key("mountPath"),
+        (Some("containers" | "initContainers"), "ports") => {
+            return ListStrategy::Keys(vec!["containerPort".into(), "protocol".into()]);
+        }
+        _ => {}
+    }
     match joined.as_str() {
         "metadata.finalizers" => ListStrategy::Set,
         "metadata.ownerReferences" => ListStrategy::Keys(vec!["uid".into()]),
@@ -29,6 +53,12 @@ pub fn builtin_strategy(path: &[String]) -> ListStrategy {
         "spec.taints" => ListStrategy::Keys(vec!["key".into(), "effect".into()]),
         _ => ListStrategy::Replace,
     }
+}
+
+/// Whether a list field's parent is a pod spec (`spec` of a Pod, `spec.template.spec`).
+fn pod_spec_of(path: &[String]) -> bool {
+    let parent = &path[..path.len().saturating_sub(1)];
+    parent == ["spec"] || parent.ends_with(&["template".to_string(), "spec".to_string()])
 }
 
 /// List strategies declared by a CRD schema, falling back to `Replace`.
@@ -121,6 +151,29 @@ fn merge_at(
         }
         path.pop();
     }
+    // `$setElementOrder/<list>`: the merged list in the patch's order (items the order
+    // does not name keep their place after those it does), as the real server orders it.
+    for (k, order) in p {
+        let Some(field) = k.strip_prefix("$setElementOrder/") else {
+            continue;
+        };
+        let (Some(Value::Array(list)), Some(order)) = (t.get_mut(field), order.as_array()) else {
+            continue;
+        };
+        let rank = |item: &Value| {
+            order.iter().position(|o| match o {
+                Value::Object(keys) => keys.iter().all(|(kk, kv)| item.get(kk) == Some(kv)),
+                other => other == item,
+            })
+        };
+        let mut ranked: Vec<(usize, Value)> = list
+            .drain(..)
+            .enumerate()
+            .map(|(i, v)| (rank(&v).unwrap_or(order.len() + i), v))
+            .collect();
+        ranked.sort_by_key(|(r, _)| *r);
+        list.extend(ranked.into_iter().map(|(_, v)| v));
+    }
 }
 
 fn strip_directives(map: Map<String, Value>) -> Map<String, Value> {
@@ -196,6 +249,30 @@ fn merge_list(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pod_template_lists_merge_by_name_and_follow_the_element_order() {
+        let mut ds = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "agent", "image": "a:1"}, {"name": "bird", "image": "b"}],
+            "volumes": [{"name": "templates"}, {"name": "bird-run"}, {"name": "tmp"}],
+        }}}});
+        // What kubectl apply sends for deploy/ -> the FRR component.
+        let patch = json!({"spec": {"template": {"spec": {
+            "$setElementOrder/containers": [{"name": "agent"}, {"name": "frr"}],
+            "containers": [{"name": "agent", "image": "a:2"}, {"name": "frr", "image": "f"},
+                           {"$patch": "delete", "name": "bird"}],
+            "$setElementOrder/volumes": [{"name": "templates"}, {"name": "frr-run"}, {"name": "tmp"}],
+            "volumes": [{"name": "frr-run"}, {"$patch": "delete", "name": "bird-run"}],
+        }}}});
+        merge(&mut ds, &patch, &builtin_strategy);
+        assert_eq!(
+            ds,
+            json!({"spec": {"template": {"spec": {
+                "containers": [{"name": "agent", "image": "a:2"}, {"name": "frr", "image": "f"}],
+                "volumes": [{"name": "templates"}, {"name": "frr-run"}, {"name": "tmp"}],
+            }}}})
+        );
+    }
 
     #[test]
     fn strategic_merge_of_the_fields_routelb_patches() {

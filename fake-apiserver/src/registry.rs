@@ -258,6 +258,63 @@ impl Default for Registry {
                 true,
                 &[],
             ),
+            // What deploy/ installs, stored as sent (nothing runs them: no controllers).
+            ResourceType::builtin(
+                "",
+                "v1",
+                "ServiceAccount",
+                "serviceaccounts",
+                true,
+                false,
+                &[],
+            ),
+            ResourceType::builtin("apps", "v1", "Deployment", "deployments", true, true, &[]),
+            ResourceType::builtin("apps", "v1", "DaemonSet", "daemonsets", true, true, &[]),
+            ResourceType::builtin(
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets",
+                true,
+                true,
+                &[],
+            ),
+            ResourceType::builtin(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "Role",
+                "roles",
+                true,
+                false,
+                &[],
+            ),
+            ResourceType::builtin(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRole",
+                "clusterroles",
+                false,
+                false,
+                &[],
+            ),
+            ResourceType::builtin(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "RoleBinding",
+                "rolebindings",
+                true,
+                false,
+                &[],
+            ),
+            ResourceType::builtin(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRoleBinding",
+                "clusterrolebindings",
+                false,
+                false,
+                &[],
+            ),
         ];
         let mut types = BTreeMap::new();
         for mut t in builtins {
@@ -271,11 +328,15 @@ impl Default for Registry {
                 "pods" => &["po"],
                 "events" => &["ev"],
                 "customresourcedefinitions" => &["crd", "crds"],
+                "serviceaccounts" => &["sa"],
+                "deployments" => &["deploy"],
+                "daemonsets" => &["ds"],
+                "poddisruptionbudgets" => &["pdb"],
                 _ => &[],
             };
             t.short_names = short.iter().map(|s| s.to_string()).collect();
             let categories: &[&str] = match t.plural.as_str() {
-                "services" | "pods" => &["all"],
+                "services" | "pods" | "deployments" | "daemonsets" => &["all"],
                 "customresourcedefinitions" => &["api-extensions"],
                 _ => &[],
             };

@@ -156,6 +156,48 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
         ("", "secrets") => &[("Name", 0), ("Type", 0), ("Data", 0), ("Age", 0)],
         ("", "configmaps") => &[("Name", 0), ("Data", 0), ("Age", 0)],
         ("coordination.k8s.io", "leases") => &[("Name", 0), ("Holder", 0), ("Age", 0)],
+        ("apps", "deployments") => &[
+            ("Name", 0),
+            ("Ready", 0),
+            ("Up-to-date", 0),
+            ("Available", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ],
+        ("apps", "daemonsets") => &[
+            ("Name", 0),
+            ("Desired", 0),
+            ("Current", 0),
+            ("Ready", 0),
+            ("Up-to-date", 0),
+            ("Available", 0),
+            ("Node Selector", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ],
+        ("", "serviceaccounts") => &[("Name", 0), ("Secrets", 0), ("Age", 0)],
+        ("policy", "poddisruptionbudgets") => &[
+            ("Name", 0),
+            ("Min Available", 0),
+            ("Max Unavailable", 0),
+            ("Allowed Disruptions", 0),
+            ("Age", 0),
+        ],
+        ("rbac.authorization.k8s.io", "roles" | "clusterroles") => {
+            &[("Name", 0), ("Created At", 0)]
+        }
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => &[
+            ("Name", 0),
+            ("Role", 0),
+            ("Age", 0),
+            ("Users", 1),
+            ("Groups", 1),
+            ("ServiceAccounts", 1),
+        ],
         ("", "events") | ("events.k8s.io", "events") => &[
             ("Last Seen", 0),
             ("Type", 0),
@@ -173,8 +215,22 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
     if !names.is_empty() {
         let mut out: Vec<Column> = names.iter().map(|(n, p)| col(n, *p)).collect();
         for c in &mut out {
-            if matches!(c.name.as_str(), "Data" | "Count") {
+            if matches!(
+                c.name.as_str(),
+                "Data"
+                    | "Count"
+                    | "Desired"
+                    | "Current"
+                    | "Up-to-date"
+                    | "Available"
+                    | "Secrets"
+                    | "Allowed Disruptions"
+            ) || (rt.plural == "daemonsets" && c.name == "Ready")
+            {
                 c.kind = "integer".into();
+            }
+            if c.name == "Created At" {
+                c.kind = "date".into();
             }
             if rt.plural == "events" && c.name == "Name" {
                 c.format = String::new();
@@ -307,6 +363,86 @@ fn cells(rt: &ResourceType, o: &Value, now: Timestamp) -> Vec<Value> {
             vec![name, json!(n), age]
         }
         ("coordination.k8s.io", "leases") => vec![name, json!(s(o, "/spec/holderIdentity")), age],
+        ("apps", "deployments") => {
+            let n = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            let mut out = vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    n("/status/readyReplicas"),
+                    n("/spec/replicas")
+                )),
+                json!(n("/status/updatedReplicas")),
+                json!(n("/status/availableReplicas")),
+                age,
+            ];
+            out.extend(template_cells(o));
+            out
+        }
+        ("apps", "daemonsets") => {
+            let n = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            let mut out = vec![
+                name,
+                json!(n("/status/desiredNumberScheduled")),
+                json!(n("/status/currentNumberScheduled")),
+                json!(n("/status/numberReady")),
+                json!(n("/status/updatedNumberScheduled")),
+                json!(n("/status/numberAvailable")),
+                json!(format_labels(o.pointer("/spec/template/spec/nodeSelector"))),
+                age,
+            ];
+            out.extend(template_cells(o));
+            out
+        }
+        ("", "serviceaccounts") => vec![name, json!(arr(o, "/secrets").len()), age],
+        ("policy", "poddisruptionbudgets") => {
+            let v = |p: &str| match o.pointer(p) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name,
+                json!(v("/spec/minAvailable")),
+                json!(v("/spec/maxUnavailable")),
+                json!(
+                    o.pointer("/status/disruptionsAllowed")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                ),
+                age,
+            ]
+        }
+        ("rbac.authorization.k8s.io", "roles" | "clusterroles") => {
+            vec![name, json!(s(o, "/metadata/creationTimestamp"))]
+        }
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            let subjects = |kind: &str| {
+                arr(o, "/subjects")
+                    .iter()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| match (kind, s(x, "/namespace")) {
+                        ("ServiceAccount", ns) if !ns.is_empty() => {
+                            format!("{ns}/{}", s(x, "/name"))
+                        }
+                        _ => s(x, "/name").to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/roleRef/kind"),
+                    s(o, "/roleRef/name")
+                )),
+                age,
+                json!(subjects("User")),
+                json!(subjects("Group")),
+                json!(subjects("ServiceAccount")),
+            ]
+        }
         ("", "events") => event_cells(o, now),
         ("events.k8s.io", "events") => event_cells(&crate::objects::event_to_core(o), now),
         _ if rt.schema.is_some() => {
@@ -384,6 +520,23 @@ fn external_ip(o: &Value) -> String {
         "ExternalName" => s(o, "/spec/externalName").into(),
         _ => "<unknown>".into(),
     }
+}
+
+/// CONTAINERS, IMAGES and SELECTOR of a workload's pod template.
+fn template_cells(o: &Value) -> Vec<Value> {
+    let containers = arr(o, "/spec/template/spec/containers");
+    let join = |k: &str| {
+        containers
+            .iter()
+            .map(|c| s(c, k).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    vec![
+        json!(join("/name")),
+        json!(join("/image")),
+        json!(format_labels(o.pointer("/spec/selector/matchLabels"))),
+    ]
 }
 
 fn format_labels(m: Option<&Value>) -> String {

@@ -474,6 +474,52 @@ fn real_kubectl_works_against_fake_apiserver() {
         "api2 80"
     );
 
+    // The install, plain and by kustomize, and switching it to FRR and back: kubectl's
+    // patches (from the published patch merge keys) leave exactly what the manifests say.
+    k.ok(&["apply", "-f", "deploy/"]);
+    let ds = rows(&k.ok(&["get", "ds,deploy", "-n", "routelb-system"]));
+    assert_eq!(
+        ds[0],
+        [
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "NODE SELECTOR",
+            "AGE"
+        ]
+    );
+    assert_eq!(ds[1][0], "daemonset.apps/routelb-agent");
+    assert!(
+        ds.iter()
+            .any(|r| r.first().map(String::as_str) == Some("deployment.apps/routelb-allocator")),
+        "{ds:?}"
+    );
+    for (dir, containers) in [
+        ("examples/kustomize/frr", "agent frr"),
+        ("deploy/", "agent bird"),
+    ] {
+        k.ok(&["apply", "-k", dir]);
+        let live = k.ok(&[
+            "get",
+            "ds",
+            "routelb-agent",
+            "-n",
+            "routelb-system",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].name}",
+        ]);
+        assert_eq!(live, containers, "after kubectl apply -k {dir}");
+        let diff = k.run(&["diff", "-k", dir]);
+        assert_eq!(
+            diff.code, 0,
+            "kubectl diff -k {dir}:\n{}{}",
+            diff.stdout, diff.stderr
+        );
+    }
+
     // delete.
     assert_eq!(
         k.ok(&["delete", "svc", "web", "api", "-n", "demo"]),
