@@ -42,6 +42,18 @@ fn value_response(status: StatusCode, v: &Value) -> Response<Body> {
     json_response(status, serde_json::to_vec(v).expect("serialises"))
 }
 
+/// An object, in protobuf when the client prefers it and its kind has a protobuf form.
+fn object_response(status: StatusCode, v: &Value, protobuf: bool) -> Response<Body> {
+    if protobuf && let Some(bytes) = crate::protobuf::encode(v) {
+        return Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/vnd.kubernetes.protobuf")
+            .body(full(bytes))
+            .expect("valid response");
+    }
+    value_response(status, v)
+}
+
 fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = value_response(
         StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -240,6 +252,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let pb = crate::protobuf::preferred(&accept);
     let as_table =
         table::wanted(&accept).then(|| Include::parse(q.get("includeObject").map(String::as_str)));
     let content_type = req
@@ -320,7 +333,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
         (Method::GET, true) => {
             let obj = api.get(&target)?;
             match as_table {
-                None => Ok(value_response(StatusCode::OK, &obj)),
+                None => Ok(object_response(StatusCode::OK, &obj, pb)),
                 Some(include) => {
                     let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion")});
                     let t = table::table(&rt, &[obj], meta, include, true, Timestamp::now());
@@ -331,17 +344,19 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
         (Method::POST, false) => {
             let body = parse(&body)?;
             check_fields(&body, false)?;
-            Ok(value_response(
+            Ok(object_response(
                 StatusCode::CREATED,
                 &api.create(&target, body, dry_run)?,
+                pb,
             ))
         }
         (Method::PUT, true) => {
             let body = parse(&body)?;
             check_fields(&body, false)?;
-            Ok(value_response(
+            Ok(object_response(
                 StatusCode::OK,
                 &api.update(&target, body, dry_run)?,
+                pb,
             ))
         }
         (Method::PATCH, true) => {
@@ -369,7 +384,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
             } else {
                 StatusCode::OK
             };
-            Ok(value_response(status, &obj))
+            Ok(object_response(status, &obj, pb))
         }
         (Method::DELETE, true) => {
             let options = if body.is_empty() {
@@ -377,9 +392,10 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
             } else {
                 Some(parse(&body)?)
             };
-            Ok(value_response(
+            Ok(object_response(
                 StatusCode::OK,
                 &api.delete(&target, options.as_ref(), dry_run)?,
+                pb,
             ))
         }
         (Method::DELETE, false) => Ok(value_response(

@@ -42,6 +42,13 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
                 strings(&mut s, "finalizers", spec.finalizers);
                 o.insert("spec".into(), Value::Object(s));
             }
+            if let Some(status) = n.status {
+                let mut s = Map::new();
+                plain(&mut s, "phase", status.phase);
+                if !s.is_empty() {
+                    o.insert("status".into(), Value::Object(s));
+                }
+            }
             o
         }
         ("v1", "Secret") => {
@@ -66,6 +73,27 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             let mut o = object(n.metadata);
             if let Some(spec) = n.spec {
                 o.insert("spec".into(), Value::Object(service_spec(spec)));
+            }
+            if let Some(status) = n.status {
+                let ingress: Vec<Value> = status
+                    .load_balancer
+                    .map(|lb| lb.ingress)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| {
+                        let mut x = Map::new();
+                        plain(&mut x, "ip", i.ip);
+                        plain(&mut x, "hostname", i.hostname);
+                        opt(&mut x, "ipMode", i.ip_mode);
+                        Value::Object(x)
+                    })
+                    .collect();
+                let lb = if ingress.is_empty() {
+                    json!({})
+                } else {
+                    json!({"ingress": ingress})
+                };
+                o.insert("status".into(), json!({"loadBalancer": lb}));
             }
             o
         }
@@ -259,6 +287,226 @@ fn service_spec(s: core::ServiceSpec) -> Map<String, Value> {
     o
 }
 
+// ----- responses ---------------------------------------------------------------------
+
+/// Whether a client wants protobuf answers (it lists the type first, as client-go's
+/// typed clients do).
+pub fn preferred(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(is_protobuf)
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn text_map(v: &Value, key: &str) -> std::collections::BTreeMap<String, String> {
+    v.get(key)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+        .collect()
+}
+
+fn text_list(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+fn base64_map(v: &Value, key: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    text_map(v, key)
+        .into_iter()
+        .filter_map(|(k, s)| b64.decode(s).ok().map(|b| (k, b)))
+        .collect()
+}
+
+fn int(v: &Value, key: &str) -> Option<i32> {
+    v.get(key)
+        .and_then(Value::as_i64)
+        .and_then(|n| i32::try_from(n).ok())
+}
+
+fn to_time(v: &Value, key: &str) -> Option<meta::Time> {
+    let t: jiff::Timestamp = v.get(key)?.as_str()?.parse().ok()?;
+    Some(meta::Time {
+        seconds: Some(t.as_second()),
+        nanos: Some(0),
+    })
+}
+
+fn to_meta(v: &Value) -> meta::ObjectMeta {
+    let m = v.get("metadata").cloned().unwrap_or_default();
+    meta::ObjectMeta {
+        name: text(&m, "name"),
+        generate_name: text(&m, "generateName"),
+        namespace: text(&m, "namespace"),
+        uid: text(&m, "uid"),
+        resource_version: text(&m, "resourceVersion"),
+        generation: m.get("generation").and_then(Value::as_i64),
+        creation_timestamp: to_time(&m, "creationTimestamp"),
+        deletion_timestamp: to_time(&m, "deletionTimestamp"),
+        deletion_grace_period_seconds: m.get("deletionGracePeriodSeconds").and_then(Value::as_i64),
+        labels: text_map(&m, "labels"),
+        annotations: text_map(&m, "annotations"),
+        owner_references: m
+            .get("ownerReferences")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|r| meta::OwnerReference {
+                api_version: text(r, "apiVersion"),
+                kind: text(r, "kind"),
+                name: text(r, "name"),
+                uid: text(r, "uid"),
+                controller: r.get("controller").and_then(Value::as_bool),
+                block_owner_deletion: r.get("blockOwnerDeletion").and_then(Value::as_bool),
+            })
+            .collect(),
+        finalizers: text_list(&m, "finalizers"),
+        ..Default::default()
+    }
+}
+
+fn to_service(v: &Value) -> core::Service {
+    let spec = v.get("spec").cloned().unwrap_or_default();
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| core::ServicePort {
+            name: text(p, "name"),
+            protocol: text(p, "protocol"),
+            app_protocol: text(p, "appProtocol"),
+            port: int(p, "port"),
+            target_port: p.get("targetPort").map(|t| match t {
+                Value::String(s) => IntOrString {
+                    r#type: Some(1),
+                    int_val: None,
+                    str_val: Some(s.clone()),
+                },
+                other => IntOrString {
+                    r#type: Some(0),
+                    int_val: other.as_i64().and_then(|n| i32::try_from(n).ok()),
+                    str_val: None,
+                },
+            }),
+            node_port: int(p, "nodePort"),
+        })
+        .collect();
+    let ingress = v
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|i| core::LoadBalancerIngress {
+            ip: text(i, "ip"),
+            hostname: text(i, "hostname"),
+            ip_mode: text(i, "ipMode"),
+            ports: Vec::new(),
+        })
+        .collect();
+    core::Service {
+        metadata: Some(to_meta(v)),
+        spec: Some(core::ServiceSpec {
+            ports,
+            selector: text_map(&spec, "selector"),
+            cluster_ip: text(&spec, "clusterIP"),
+            cluster_ips: text_list(&spec, "clusterIPs"),
+            r#type: text(&spec, "type"),
+            external_ips: text_list(&spec, "externalIPs"),
+            session_affinity: text(&spec, "sessionAffinity"),
+            load_balancer_ip: text(&spec, "loadBalancerIP"),
+            load_balancer_source_ranges: text_list(&spec, "loadBalancerSourceRanges"),
+            external_name: text(&spec, "externalName"),
+            external_traffic_policy: text(&spec, "externalTrafficPolicy"),
+            health_check_node_port: int(&spec, "healthCheckNodePort"),
+            publish_not_ready_addresses: spec
+                .get("publishNotReadyAddresses")
+                .and_then(Value::as_bool),
+            session_affinity_config: spec.get("sessionAffinityConfig").map(|c| {
+                core::SessionAffinityConfig {
+                    client_ip: Some(core::ClientIpConfig {
+                        timeout_seconds: c
+                            .pointer("/clientIP/timeoutSeconds")
+                            .and_then(Value::as_i64)
+                            .and_then(|n| i32::try_from(n).ok()),
+                    }),
+                }
+            }),
+            ip_families: text_list(&spec, "ipFamilies"),
+            ip_family_policy: text(&spec, "ipFamilyPolicy"),
+            allocate_load_balancer_node_ports: spec
+                .get("allocateLoadBalancerNodePorts")
+                .and_then(Value::as_bool),
+            load_balancer_class: text(&spec, "loadBalancerClass"),
+            internal_traffic_policy: text(&spec, "internalTrafficPolicy"),
+            traffic_distribution: text(&spec, "trafficDistribution"),
+        }),
+        status: Some(core::ServiceStatus {
+            load_balancer: Some(core::LoadBalancerStatus { ingress }),
+            conditions: Vec::new(),
+        }),
+    }
+}
+
+/// The protobuf form of an object of the kinds [`decode`] reads, in the Kubernetes
+/// envelope; None for any other (it is answered as JSON).
+pub fn encode(v: &Value) -> Option<Vec<u8>> {
+    let api_version = v.get("apiVersion")?.as_str()?;
+    let kind = v.get("kind")?.as_str()?;
+    let raw = match (api_version, kind) {
+        ("v1", "Service") => to_service(v).encode_to_vec(),
+        ("v1", "Namespace") => core::Namespace {
+            metadata: Some(to_meta(v)),
+            spec: Some(core::NamespaceSpec {
+                finalizers: v
+                    .get("spec")
+                    .map(|s| text_list(s, "finalizers"))
+                    .unwrap_or_default(),
+            }),
+            status: Some(core::NamespaceStatus {
+                phase: v.get("status").and_then(|s| text(s, "phase")),
+                conditions: Vec::new(),
+            }),
+        }
+        .encode_to_vec(),
+        ("v1", "Secret") => core::Secret {
+            metadata: Some(to_meta(v)),
+            immutable: v.get("immutable").and_then(Value::as_bool),
+            data: base64_map(v, "data"),
+            string_data: Default::default(),
+            r#type: text(v, "type"),
+        }
+        .encode_to_vec(),
+        ("v1", "ConfigMap") => core::ConfigMap {
+            metadata: Some(to_meta(v)),
+            immutable: v.get("immutable").and_then(Value::as_bool),
+            data: text_map(v, "data"),
+            binary_data: base64_map(v, "binaryData"),
+        }
+        .encode_to_vec(),
+        _ => return None,
+    };
+    let envelope = Unknown {
+        type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
+        }),
+        raw: Some(raw),
+        content_encoding: Some(String::new()),
+        content_type: Some(String::new()),
+    };
+    let mut out = MAGIC.to_vec();
+    out.extend(envelope.encode_to_vec());
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +574,30 @@ mod tests {
         let v = decode(&envelope("v1", "Secret", secret.encode_to_vec())).unwrap();
         assert_eq!(v["data"]["password"], "czNjcmV0");
         assert_eq!(v["metadata"]["namespace"], "routelb-system");
+        // What the server answers reads back as what it stored.
+        let stored = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "demo", "uid": "u-1", "resourceVersion": "7",
+                         "generation": 2, "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "labels": {"app": "web"}, "annotations": {"routelb.io/pool": "public"},
+                         "finalizers": ["service.kubernetes.io/load-balancer-cleanup"]},
+            "spec": {"ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http", "nodePort": 30080}],
+                     "selector": {"app": "web"}, "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "type": "LoadBalancer", "sessionAffinity": "None", "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": 31000, "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                     "allocateLoadBalancerNodePorts": true, "internalTrafficPolicy": "Cluster"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10", "ipMode": "VIP"}]}}});
+        assert_eq!(decode(&encode(&stored).unwrap()).unwrap(), stored);
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "pw", "namespace": "routelb-system"},
+            "type": "Opaque", "data": {"password": "czNjcmV0"}});
+        assert_eq!(decode(&encode(&secret).unwrap()).unwrap(), secret);
+        assert!(encode(&json!({"apiVersion": "v1", "kind": "Pod"})).is_none());
+        assert!(preferred(
+            "application/vnd.kubernetes.protobuf,application/json"
+        ));
+        assert!(!preferred(
+            "application/json, application/vnd.kubernetes.protobuf"
+        ));
         let err = decode(&envelope("apps/v1", "Deployment", Vec::new())).unwrap_err();
         assert!(err.contains("send apps/v1 Deployment as JSON"), "{err}");
         assert!(decode(b"{}").is_err());

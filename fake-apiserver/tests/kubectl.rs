@@ -210,7 +210,17 @@ fn real_kubectl_works_against_fake_apiserver() {
     let err = k.fails(&["create", "-f", &bad]);
     assert_contains(&err, "unknown field \"spec.colour\"");
 
-    // The typed commands (protobuf bodies).
+    // The typed commands (protobuf bodies, both ways).
+    let r = k.run(&["create", "namespace", "wire", "-v=8"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stderr
+            .matches("Content-Type: application/vnd.kubernetes.protobuf")
+            .count(),
+        2,
+        "a protobuf request and a protobuf answer:\n{}",
+        r.stderr
+    );
     assert_eq!(
         k.ok(&["create", "namespace", "demo"]),
         "namespace/demo created\n"
