@@ -942,11 +942,23 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
 /// Runs one README command line (`kubectl ...  # comment`) in the repository with the
 /// lab's kubeconfig, through the shell as a user would type it.
 fn readme_command(lab: &Lab, line: &str) -> (bool, String) {
+    readme_command_in(lab, line, &lab.opts.repo)
+}
+
+/// As [`readme_command`], in `dir`, with the routelb binary on the PATH.
+fn readme_command_in(lab: &Lab, line: &str, dir: &std::path::Path) -> (bool, String) {
     let cmd = line.split(" #").next().unwrap().trim();
+    let bin = lab.opts.routelb.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = Command::new("sh")
         .args(["-c", cmd])
         .env("KUBECONFIG", &lab.kubeconfig)
-        .current_dir(&lab.opts.repo)
+        .env("PATH", path)
+        .current_dir(dir)
         .output()
         .expect("sh runs");
     let text = format!(
@@ -1050,5 +1062,53 @@ async fn the_readme_first_service_runs_as_printed() {
         ],
         "{out}"
     );
+
+    // docs/templates.md, "Edit a template in a cluster", as printed (the editor left out:
+    // the template goes back unchanged), in a scratch directory with the files it names.
+    let (ok, out) = readme_command(&lab, "kubectl apply -f deploy/templates.yaml");
+    assert!(ok, "{out}");
+    let docs = std::fs::read_to_string(lab.opts.repo.join("docs/templates.md")).unwrap();
+    let block = docs
+        .split("## Edit a template in a cluster")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("docs/templates.md has the block")
+        .replace("\\\n", " ");
+    let scratch = lab.dir.join("docs-templates");
+    std::fs::create_dir_all(scratch.join("templates/testdata")).unwrap();
+    for f in ["templates/testdata/full.json", "templates/frr.conf.tera"] {
+        std::fs::copy(lab.opts.repo.join(f), scratch.join(f)).unwrap();
+    }
+    let mut ran = 0;
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with("$EDITOR") {
+            continue;
+        }
+        let (ok, out) = readme_command_in(&lab, line, &scratch);
+        assert!(ok, "docs/templates.md: {line}\n{out}");
+        ran += 1;
+    }
+    assert_eq!(ran, 3, "{block}");
+    let fetched = std::fs::read_to_string(scratch.join("bird.conf.tera")).unwrap();
+    let shipped = std::fs::read_to_string(lab.opts.repo.join("templates/bird.conf.tera")).unwrap();
+    assert_eq!(fetched, shipped, "the ConfigMap holds the shipped template");
+    let data = lab::kubectl(
+        &lab.kubeconfig,
+        &[
+            "-n",
+            "routelb-system",
+            "get",
+            "configmap",
+            "routelb-templates",
+            "-o",
+            "json",
+        ],
+    )
+    .unwrap();
+    let cm: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(cm["data"]["bird.conf.tera"], shipped.as_str());
+    let frr = std::fs::read_to_string(lab.opts.repo.join("templates/frr.conf.tera")).unwrap();
+    assert_eq!(cm["data"]["frr.conf.tera"], frr.as_str());
     lab.shutdown();
 }
