@@ -939,6 +939,17 @@ async fn routers_reach_cluster_ips_with_ecmp_per_address_and_as_the_service_cidr
     println!("aggregate withdrawn at the router {took:?} after its last Service went");
 }
 
+/// The first ```sh block after `heading` in a file of the repository.
+fn shell_block(lab: &Lab, file: &str, heading: &str) -> String {
+    let text = std::fs::read_to_string(lab.opts.repo.join(file)).unwrap();
+    text.split(heading)
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .unwrap_or_else(|| panic!("{file} has a sh block after {heading:?}"))
+        .to_string()
+}
+
 /// Runs one README command line (`kubectl ...  # comment`) in the repository with the
 /// lab's kubeconfig, through the shell as a user would type it.
 fn readme_command(lab: &Lab, line: &str) -> (bool, String) {
@@ -977,13 +988,7 @@ async fn the_readme_first_service_runs_as_printed() {
     let mut opts = options(Kind::Bird, &[Kind::Bird; 3]);
     opts.bare = true;
     let lab = Lab::up(opts).await.expect("the lab comes up");
-    let readme = std::fs::read_to_string(lab.opts.repo.join("README.md")).unwrap();
-    let block = readme
-        .split("## Your first Service")
-        .nth(1)
-        .and_then(|s| s.split("```sh\n").nth(1))
-        .and_then(|s| s.split("```").next())
-        .expect("README has the block");
+    let block = shell_block(&lab, "README.md", "## Your first Service");
     let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 7, "{block}");
     let mut web_ip = None;
@@ -1067,13 +1072,7 @@ async fn the_readme_first_service_runs_as_printed() {
     // the template goes back unchanged), in a scratch directory with the files it names.
     let (ok, out) = readme_command(&lab, "kubectl apply -f deploy/templates.yaml");
     assert!(ok, "{out}");
-    let docs = std::fs::read_to_string(lab.opts.repo.join("docs/templates.md")).unwrap();
-    let block = docs
-        .split("## Edit a template in a cluster")
-        .nth(1)
-        .and_then(|s| s.split("```sh\n").nth(1))
-        .and_then(|s| s.split("```").next())
-        .expect("docs/templates.md has the block")
+    let block = shell_block(&lab, "docs/templates.md", "## Edit a template in a cluster")
         .replace("\\\n", " ");
     let scratch = lab.dir.join("docs-templates");
     std::fs::create_dir_all(scratch.join("templates/testdata")).unwrap();
