@@ -160,10 +160,19 @@ fn shared<K>(e: watcher::Event<K>) -> WatchEvent<K> {
     }
 }
 
+/// The annotation in which `kubectl apply` keeps a whole copy of what it applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Drops what no component reads before an object is cached: `managedFields` (on a
-/// real API server often the largest part of a Service).
+/// real API server often the largest part of a Service) and kubectl's copy of the
+/// applied object (as large as the object again). Writes never send cached objects
+/// whole (patches, or objects read afresh), so nothing is lost on the server.
 fn strip<K: kube::Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
 }
 
 /// Exponential backoff from 200 ms to 5 s. A watcher yields a success (`Init`) at the
@@ -275,6 +284,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_objects_keep_no_managed_fields_and_no_last_applied_copy() {
+        use k8s_openapi::api::core::v1::Service;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut svc = Service::default();
+        svc.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        svc.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{\"apiVersion\":\"v1\"}".to_string()),
+                ("routelb.io/pool".to_string(), "public".to_string()),
+            ]
+            .into(),
+        );
+        strip(&mut svc);
+        assert!(svc.metadata.managed_fields.is_none());
+        assert_eq!(
+            svc.metadata.annotations.unwrap().into_keys().collect::<Vec<_>>(),
+            ["routelb.io/pool"]
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_five_seconds_and_resets_only_when_calm() {
