@@ -292,7 +292,11 @@ fn service_spec(s: core::ServiceSpec) -> Map<String, Value> {
 /// Whether a client wants protobuf answers (it lists the type first, as client-go's
 /// typed clients do).
 pub fn preferred(accept: &str) -> bool {
-    accept.split(',').next().is_some_and(is_protobuf)
+    // A protobuf Table or metadata-only answer (`;as=...`) is not served: JSON then.
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|t| is_protobuf(t) && !t.contains(';'))
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
@@ -460,6 +464,22 @@ fn to_service(v: &Value) -> core::Service {
 pub fn encode(v: &Value) -> Option<Vec<u8>> {
     let api_version = v.get("apiVersion")?.as_str()?;
     let kind = v.get("kind")?.as_str()?;
+    // Fields the protobuf form here leaves out: such objects are answered in JSON, so a
+    // client's read-modify-write loses nothing.
+    let has = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    let ingress_ports = v
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|i| i.get("ports").is_some());
+    if has("/status/conditions") || ingress_ports || has("/metadata/managedFields") {
+        return None;
+    }
     let raw = match (api_version, kind) {
         ("v1", "Service") => to_service(v).encode_to_vec(),
         ("v1", "Namespace") => core::Namespace {
@@ -592,6 +612,15 @@ mod tests {
             "type": "Opaque", "data": {"password": "czNjcmV0"}});
         assert_eq!(decode(&encode(&secret).unwrap()).unwrap(), secret);
         assert!(encode(&json!({"apiVersion": "v1", "kind": "Pod"})).is_none());
+        let mut with_conditions = stored.clone();
+        with_conditions["status"]["conditions"] = json!([{"type": "X", "status": "True"}]);
+        assert!(
+            encode(&with_conditions).is_none(),
+            "answered in JSON, nothing lost"
+        );
+        assert!(!preferred(
+            "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+        ));
         assert!(preferred(
             "application/vnd.kubernetes.protobuf,application/json"
         ));

@@ -370,7 +370,10 @@ fn cells(rt: &ResourceType, o: &Value, now: Timestamp) -> Vec<Value> {
                 json!(format!(
                     "{}/{}",
                     n("/status/readyReplicas"),
-                    n("/spec/replicas")
+                    // spec.replicas defaults to 1 (the real server fills it in).
+                    o.pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
                 )),
                 json!(n("/status/updatedReplicas")),
                 json!(n("/status/availableReplicas")),

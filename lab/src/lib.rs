@@ -383,15 +383,20 @@ pub fn exec_in(host: &str, cmd: &[String]) -> anyhow::Result<i32> {
 pub fn down() -> anyhow::Result<usize> {
     let mut removed = 0;
     for path in lab_dirs()? {
+        // Only a keeper that still runs (a killed one's pid may be another process now).
         if let Some(pid) = std::fs::read_to_string(path.join("keeper"))
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("routelb-lab"))
+            })
         {
             let _ = Command::new("kill").arg(pid.to_string()).status();
+            // Its teardown removes the lab's directory last (an exited keeper may stay a
+            // zombie until its parent reaps it, so /proc is no sign).
             let start = Instant::now();
-            while Path::new(&format!("/proc/{pid}")).exists()
-                && start.elapsed() < Duration::from_secs(20)
-            {
+            while path.exists() && start.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(100));
             }
             removed += 1;

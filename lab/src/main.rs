@@ -121,6 +121,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 /// Leaves the lab up until SIGINT or SIGTERM (`scripts/lab down`), then removes it.
 async fn playground(lab: Lab) -> anyhow::Result<()> {
+    // Ready for `down` before saying how to call it.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     lab.keep()?;
     section("the lab stays up: try it with kubectl (scripts/lab down ends it)");
     println!("export KUBECONFIG={}", lab.kubeconfig.display());
@@ -130,7 +132,6 @@ async fn playground(lab: Lab) -> anyhow::Result<()> {
     println!("sudo scripts/lab exec router ip route        # the router's ECMP routes");
     println!("sudo scripts/lab exec node-1 ip route show table 200");
     println!("sudo scripts/lab down");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -293,7 +293,10 @@ mod tests {
         svc.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
         svc.metadata.annotations = Some(
             [
-                (LAST_APPLIED.to_string(), "{\"apiVersion\":\"v1\"}".to_string()),
+                (
+                    LAST_APPLIED.to_string(),
+                    "{\"apiVersion\":\"v1\"}".to_string(),
+                ),
                 ("routelb.io/pool".to_string(), "public".to_string()),
             ]
             .into(),
@@ -301,7 +304,11 @@ mod tests {
         strip(&mut svc);
         assert!(svc.metadata.managed_fields.is_none());
         assert_eq!(
-            svc.metadata.annotations.unwrap().into_keys().collect::<Vec<_>>(),
+            svc.metadata
+                .annotations
+                .unwrap()
+                .into_keys()
+                .collect::<Vec<_>>(),
             ["routelb.io/pool"]
         );
     }
