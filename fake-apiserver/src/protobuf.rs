@@ -6,6 +6,8 @@
 
 use base64::Engine;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::policy::v1 as policy;
+use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
@@ -97,10 +99,98 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             }
             o
         }
+        ("v1", "ServiceAccount") => {
+            let n = core::ServiceAccount::decode(bytes.as_slice()).map_err(bad)?;
+            let mut o = object(n.metadata);
+            if !n.secrets.is_empty() {
+                let refs: Vec<Value> = n
+                    .secrets
+                    .into_iter()
+                    .map(|r| {
+                        let mut x = Map::new();
+                        plain(&mut x, "kind", r.kind);
+                        plain(&mut x, "namespace", r.namespace);
+                        plain(&mut x, "name", r.name);
+                        plain(&mut x, "uid", r.uid);
+                        plain(&mut x, "apiVersion", r.api_version);
+                        plain(&mut x, "resourceVersion", r.resource_version);
+                        plain(&mut x, "fieldPath", r.field_path);
+                        Value::Object(x)
+                    })
+                    .collect();
+                o.insert("secrets".into(), Value::Array(refs));
+            }
+            if !n.image_pull_secrets.is_empty() {
+                let refs: Vec<Value> = n
+                    .image_pull_secrets
+                    .into_iter()
+                    .map(|r| json!({"name": r.name.unwrap_or_default()}))
+                    .collect();
+                o.insert("imagePullSecrets".into(), Value::Array(refs));
+            }
+            opt(
+                &mut o,
+                "automountServiceAccountToken",
+                n.automount_service_account_token,
+            );
+            o
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => {
+            let n = rbac::Role::decode(bytes.as_slice()).map_err(bad)?;
+            let mut o = object(n.metadata);
+            o.insert("rules".into(), rules(n.rules));
+            o
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            let n = rbac::ClusterRole::decode(bytes.as_slice()).map_err(bad)?;
+            let mut o = object(n.metadata);
+            o.insert("rules".into(), rules(n.rules));
+            if let Some(a) = n.aggregation_rule {
+                let selectors: Vec<Value> =
+                    a.cluster_role_selectors.into_iter().map(selector).collect();
+                o.insert(
+                    "aggregationRule".into(),
+                    json!({"clusterRoleSelectors": selectors}),
+                );
+            }
+            o
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            let n = rbac::RoleBinding::decode(bytes.as_slice()).map_err(bad)?;
+            binding(object(n.metadata), n.subjects, n.role_ref)
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            let n = rbac::ClusterRoleBinding::decode(bytes.as_slice()).map_err(bad)?;
+            binding(object(n.metadata), n.subjects, n.role_ref)
+        }
+        ("policy/v1", "PodDisruptionBudget") => {
+            let n = policy::PodDisruptionBudget::decode(bytes.as_slice()).map_err(bad)?;
+            let mut o = object(n.metadata);
+            if let Some(spec) = n.spec {
+                // All pointers in Go: present means set (minAvailable: 0 included).
+                let mut x = Map::new();
+                if let Some(v) = spec.min_available {
+                    x.insert("minAvailable".into(), int_or_string(v));
+                }
+                if let Some(v) = spec.max_unavailable {
+                    x.insert("maxUnavailable".into(), int_or_string(v));
+                }
+                if let Some(sel) = spec.selector {
+                    x.insert("selector".into(), selector(sel));
+                }
+                opt(
+                    &mut x,
+                    "unhealthyPodEvictionPolicy",
+                    spec.unhealthy_pod_eviction_policy,
+                );
+                o.insert("spec".into(), Value::Object(x));
+            }
+            o
+        }
         _ => {
             return Err(format!(
-                "protobuf bodies are read for v1 Namespaces, Services, Secrets and ConfigMaps; \
-                 send {api_version} {kind} as JSON"
+                "protobuf bodies are read for v1 Namespaces, Services, Secrets, ConfigMaps and \
+                 ServiceAccounts, RBAC kinds and PodDisruptionBudgets; send {api_version} {kind} as JSON"
             ));
         }
     };
@@ -213,6 +303,74 @@ fn object(m: Option<meta::ObjectMeta>) -> Map<String, Value> {
     }
     o.insert("metadata".into(), Value::Object(md));
     o
+}
+
+fn rules(rules: Vec<rbac::PolicyRule>) -> Value {
+    Value::Array(
+        rules
+            .into_iter()
+            .map(|r| {
+                let mut x = Map::new();
+                strings(&mut x, "verbs", r.verbs);
+                strings(&mut x, "apiGroups", r.api_groups);
+                strings(&mut x, "resources", r.resources);
+                strings(&mut x, "resourceNames", r.resource_names);
+                strings(&mut x, "nonResourceURLs", r.non_resource_ur_ls);
+                Value::Object(x)
+            })
+            .collect(),
+    )
+}
+
+fn binding(
+    mut o: Map<String, Value>,
+    subjects: Vec<rbac::Subject>,
+    role_ref: Option<rbac::RoleRef>,
+) -> Map<String, Value> {
+    if !subjects.is_empty() {
+        let subjects: Vec<Value> = subjects
+            .into_iter()
+            .map(|s| {
+                let mut x = Map::new();
+                plain(&mut x, "kind", s.kind);
+                plain(&mut x, "apiGroup", s.api_group);
+                plain(&mut x, "name", s.name);
+                plain(&mut x, "namespace", s.namespace);
+                Value::Object(x)
+            })
+            .collect();
+        o.insert("subjects".into(), Value::Array(subjects));
+    }
+    let r = role_ref.unwrap_or_default();
+    o.insert(
+        "roleRef".into(),
+        json!({
+            "apiGroup": r.api_group.unwrap_or_default(),
+            "kind": r.kind.unwrap_or_default(),
+            "name": r.name.unwrap_or_default(),
+        }),
+    );
+    o
+}
+
+fn selector(s: meta::LabelSelector) -> Value {
+    let mut x = Map::new();
+    string_map(&mut x, "matchLabels", s.match_labels);
+    if !s.match_expressions.is_empty() {
+        let exprs: Vec<Value> = s
+            .match_expressions
+            .into_iter()
+            .map(|e| {
+                let mut y = Map::new();
+                plain(&mut y, "key", e.key);
+                plain(&mut y, "operator", e.operator);
+                strings(&mut y, "values", e.values);
+                Value::Object(y)
+            })
+            .collect();
+        x.insert("matchExpressions".into(), Value::Array(exprs));
+    }
+    Value::Object(x)
 }
 
 fn int_or_string(v: IntOrString) -> Value {
@@ -627,6 +785,57 @@ mod tests {
         assert!(!preferred(
             "application/json, application/vnd.kubernetes.protobuf"
         ));
+        let binding = rbac::RoleBinding {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("read".into()),
+                ..Default::default()
+            }),
+            subjects: vec![rbac::Subject {
+                kind: Some("ServiceAccount".into()),
+                api_group: Some(String::new()),
+                name: Some("routelb-agent".into()),
+                namespace: Some("routelb-system".into()),
+            }],
+            role_ref: Some(rbac::RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: Some("Role".into()),
+                name: Some("reader".into()),
+            }),
+        };
+        let v = decode(&envelope(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            binding.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            v["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "routelb-agent", "namespace": "routelb-system"}])
+        );
+        assert_eq!(v["roleRef"]["name"], "reader");
+        let pdb = policy::PodDisruptionBudget {
+            metadata: None,
+            spec: Some(policy::PodDisruptionBudgetSpec {
+                min_available: Some(IntOrString {
+                    r#type: Some(0),
+                    int_val: Some(0),
+                    str_val: None,
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let v = decode(&envelope(
+            "policy/v1",
+            "PodDisruptionBudget",
+            pdb.encode_to_vec(),
+        ))
+        .unwrap();
+        assert_eq!(
+            v["spec"],
+            json!({"minAvailable": 0}),
+            "a pointer's zero is set"
+        );
         let err = decode(&envelope("apps/v1", "Deployment", Vec::new())).unwrap_err();
         assert!(err.contains("send apps/v1 Deployment as JSON"), "{err}");
         assert!(decode(b"{}").is_err());

@@ -262,6 +262,74 @@ fn real_kubectl_works_against_fake_apiserver() {
         "Opaque czNjcmV0"
     );
 
+    for (args, out) in [
+        (
+            &["create", "serviceaccount", "viewer", "-n", "demo"][..],
+            "serviceaccount/viewer created\n",
+        ),
+        (
+            &[
+                "create",
+                "role",
+                "svc-reader",
+                "-n",
+                "demo",
+                "--verb=get,list",
+                "--resource=services",
+            ][..],
+            "role.rbac.authorization.k8s.io/svc-reader created\n",
+        ),
+        (
+            &[
+                "create",
+                "rolebinding",
+                "viewer",
+                "-n",
+                "demo",
+                "--role=svc-reader",
+                "--serviceaccount=demo:viewer",
+            ][..],
+            "rolebinding.rbac.authorization.k8s.io/viewer created\n",
+        ),
+        (
+            &[
+                "create",
+                "pdb",
+                "web",
+                "-n",
+                "demo",
+                "--selector=app=web",
+                "--min-available=0",
+            ][..],
+            "poddisruptionbudget.policy/web created\n",
+        ),
+    ] {
+        assert_eq!(k.ok(args), out);
+    }
+    let binding = rows(&k.ok(&["get", "rolebinding", "viewer", "-n", "demo", "-o", "wide"]));
+    assert_eq!(
+        binding[1],
+        [
+            "viewer",
+            "Role/svc-reader",
+            binding[1][2].as_str(),
+            "demo/viewer"
+        ]
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pdb",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.minAvailable}"
+        ]),
+        "0",
+        "a pointer's zero survives the protobuf body"
+    );
+
     // Pools and their printer columns.
     k.ok(&["apply", "-f", "examples/addresspools.yaml"]);
     let pools = rows(&k.ok(&["get", "addresspools"]));
