@@ -125,8 +125,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respon
             ));
         }
         ["healthz"] | ["readyz"] | ["livez"] => return Ok(json_response(StatusCode::OK, "ok")),
-        ["api"] | ["apis"] if aggregated_wanted(&req).is_some() => {
-            let version = aggregated_wanted(&req).unwrap_or("v2");
+        ["api"] | ["apis"] if let Some(version) = aggregated_wanted(&req) => {
             let doc = aggregated_list(shared, segs == ["api"], version);
             let mut r = value_response(StatusCode::OK, &doc);
             let ct = format!(

@@ -473,23 +473,12 @@ impl FieldValidation {
     }
 }
 
-fn resolve(s: &Value) -> &Value {
-    let mut s = s;
+fn resolve(mut s: &Value) -> &Value {
+    // Components refer to each other by `$ref` (in `allOf` beside a description).
     for _ in 0..32 {
-        if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-            match r.strip_prefix(REF).and_then(|n| BUILTINS.schemas.get(n)) {
-                Some(next) => s = next,
-                None => return s,
-            }
-        } else if let Some(first) = s
-            .get("allOf")
-            .and_then(Value::as_array)
-            .filter(|a| a.len() == 1)
-            .and_then(|a| a.first())
-        {
-            s = first;
-        } else {
-            return s;
+        match ref_name(s).and_then(|n| BUILTINS.schemas.get(&n)) {
+            Some(next) => s = next,
+            None => return s,
         }
     }
     s
@@ -629,17 +618,13 @@ mod tests {
     #[test]
     fn custom_resources_are_checked_against_their_crd_and_object_meta() {
         let mut reg = Registry::default();
-        reg.register_crd(&json!({
-            "metadata": {"name": "pools.example.com"},
-            "spec": {"group": "example.com", "scope": "Cluster",
-                "names": {"plural": "pools", "kind": "Pool"},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                        "spec": {"type": "object", "properties": {
-                            "mode": {"type": "string"},
-                            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}}}]}
-        }))
-        .unwrap();
+        crate::registry::register_pool_crd(
+            &mut reg,
+            json!({"schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "properties": {
+                    "mode": {"type": "string"},
+                    "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}}}),
+        );
         let pool = reg.get("example.com", "v1", "pools").unwrap();
         let v = json!({"apiVersion": "example.com/v1", "kind": "Pool",
             "metadata": {"name": "a", "labelz": {}},
@@ -684,13 +669,7 @@ mod tests {
             .unwrap();
         assert!(core.starts_with("/openapi/v3/api/v1?hash="), "{core}");
         assert!(before["paths"]["apis/coordination.k8s.io/v1"].is_object());
-        reg.register_crd(&json!({
-            "metadata": {"name": "pools.example.com"},
-            "spec": {"group": "example.com", "scope": "Cluster",
-                "names": {"plural": "pools", "kind": "Pool"},
-                "versions": [{"name": "v1", "served": true, "storage": true}]}
-        }))
-        .unwrap();
+        crate::registry::register_pool_crd(&mut reg, json!({}));
         let after = v3_root(&reg);
         assert_eq!(after["paths"]["api/v1"], before["paths"]["api/v1"]);
         assert!(after["paths"]["apis/example.com/v1"].is_object());

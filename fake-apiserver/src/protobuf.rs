@@ -102,32 +102,18 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         ("v1", "ServiceAccount") => {
             let n = core::ServiceAccount::decode(bytes.as_slice()).map_err(bad)?;
             let mut o = object(n.metadata);
-            if !n.secrets.is_empty() {
-                let refs: Vec<Value> = n
-                    .secrets
-                    .into_iter()
-                    .map(|r| {
-                        let mut x = Map::new();
-                        plain(&mut x, "kind", r.kind);
-                        plain(&mut x, "namespace", r.namespace);
-                        plain(&mut x, "name", r.name);
-                        plain(&mut x, "uid", r.uid);
-                        plain(&mut x, "apiVersion", r.api_version);
-                        plain(&mut x, "resourceVersion", r.resource_version);
-                        plain(&mut x, "fieldPath", r.field_path);
-                        Value::Object(x)
-                    })
-                    .collect();
-                o.insert("secrets".into(), Value::Array(refs));
-            }
-            if !n.image_pull_secrets.is_empty() {
-                let refs: Vec<Value> = n
-                    .image_pull_secrets
-                    .into_iter()
-                    .map(|r| json!({"name": r.name.unwrap_or_default()}))
-                    .collect();
-                o.insert("imagePullSecrets".into(), Value::Array(refs));
-            }
+            objects(&mut o, "secrets", n.secrets, |r, x| {
+                plain(x, "kind", r.kind);
+                plain(x, "namespace", r.namespace);
+                plain(x, "name", r.name);
+                plain(x, "uid", r.uid);
+                plain(x, "apiVersion", r.api_version);
+                plain(x, "resourceVersion", r.resource_version);
+                plain(x, "fieldPath", r.field_path);
+            });
+            objects(&mut o, "imagePullSecrets", n.image_pull_secrets, |r, x| {
+                plain(x, "name", r.name);
+            });
             opt(
                 &mut o,
                 "automountServiceAccountToken",
@@ -223,6 +209,27 @@ fn plain<T: Into<Value>>(m: &mut Map<String, Value>, key: &str, v: Option<T>) {
     }
 }
 
+/// A list of objects, each filled in by `f`, unless it is empty (Go's JSON omits it).
+fn objects<T>(
+    m: &mut Map<String, Value>,
+    key: &str,
+    items: Vec<T>,
+    f: impl Fn(T, &mut Map<String, Value>),
+) {
+    if items.is_empty() {
+        return;
+    }
+    let list = items
+        .into_iter()
+        .map(|i| {
+            let mut x = Map::new();
+            f(i, &mut x);
+            Value::Object(x)
+        })
+        .collect();
+    m.insert(key.into(), Value::Array(list));
+}
+
 fn strings(m: &mut Map<String, Value>, key: &str, v: Vec<String>) {
     if !v.is_empty() {
         m.insert(key.into(), json!(v));
@@ -284,23 +291,14 @@ fn object(m: Option<meta::ObjectMeta>) -> Map<String, Value> {
     string_map(&mut md, "labels", m.labels);
     string_map(&mut md, "annotations", m.annotations);
     strings(&mut md, "finalizers", m.finalizers);
-    if !m.owner_references.is_empty() {
-        let refs: Vec<Value> = m
-            .owner_references
-            .into_iter()
-            .map(|r| {
-                let mut x = Map::new();
-                plain(&mut x, "apiVersion", r.api_version);
-                plain(&mut x, "kind", r.kind);
-                plain(&mut x, "name", r.name);
-                plain(&mut x, "uid", r.uid);
-                opt(&mut x, "controller", r.controller);
-                opt(&mut x, "blockOwnerDeletion", r.block_owner_deletion);
-                Value::Object(x)
-            })
-            .collect();
-        md.insert("ownerReferences".into(), Value::Array(refs));
-    }
+    objects(&mut md, "ownerReferences", m.owner_references, |r, x| {
+        plain(x, "apiVersion", r.api_version);
+        plain(x, "kind", r.kind);
+        plain(x, "name", r.name);
+        plain(x, "uid", r.uid);
+        opt(x, "controller", r.controller);
+        opt(x, "blockOwnerDeletion", r.block_owner_deletion);
+    });
     o.insert("metadata".into(), Value::Object(md));
     o
 }
@@ -327,20 +325,12 @@ fn binding(
     subjects: Vec<rbac::Subject>,
     role_ref: Option<rbac::RoleRef>,
 ) -> Map<String, Value> {
-    if !subjects.is_empty() {
-        let subjects: Vec<Value> = subjects
-            .into_iter()
-            .map(|s| {
-                let mut x = Map::new();
-                plain(&mut x, "kind", s.kind);
-                plain(&mut x, "apiGroup", s.api_group);
-                plain(&mut x, "name", s.name);
-                plain(&mut x, "namespace", s.namespace);
-                Value::Object(x)
-            })
-            .collect();
-        o.insert("subjects".into(), Value::Array(subjects));
-    }
+    objects(&mut o, "subjects", subjects, |s, x| {
+        plain(x, "kind", s.kind);
+        plain(x, "apiGroup", s.api_group);
+        plain(x, "name", s.name);
+        plain(x, "namespace", s.namespace);
+    });
     let r = role_ref.unwrap_or_default();
     o.insert(
         "roleRef".into(),
@@ -356,20 +346,11 @@ fn binding(
 fn selector(s: meta::LabelSelector) -> Value {
     let mut x = Map::new();
     string_map(&mut x, "matchLabels", s.match_labels);
-    if !s.match_expressions.is_empty() {
-        let exprs: Vec<Value> = s
-            .match_expressions
-            .into_iter()
-            .map(|e| {
-                let mut y = Map::new();
-                plain(&mut y, "key", e.key);
-                plain(&mut y, "operator", e.operator);
-                strings(&mut y, "values", e.values);
-                Value::Object(y)
-            })
-            .collect();
-        x.insert("matchExpressions".into(), Value::Array(exprs));
-    }
+    objects(&mut x, "matchExpressions", s.match_expressions, |e, y| {
+        plain(y, "key", e.key);
+        plain(y, "operator", e.operator);
+        strings(y, "values", e.values);
+    });
     Value::Object(x)
 }
 
@@ -382,29 +363,15 @@ fn int_or_string(v: IntOrString) -> Value {
 
 fn service_spec(s: core::ServiceSpec) -> Map<String, Value> {
     let mut o = Map::new();
-    if !s.ports.is_empty() {
-        let ports: Vec<Value> = s
-            .ports
-            .into_iter()
-            .map(|p| {
-                let mut x = Map::new();
-                plain(&mut x, "name", p.name);
-                plain(&mut x, "protocol", p.protocol);
-                opt(&mut x, "appProtocol", p.app_protocol);
-                plain(&mut x, "port", p.port);
-                // A zero IntOrString is an unset one (the server defaults it to the port).
-                match p.target_port.map(int_or_string) {
-                    Some(t) if t != json!(0) && t != json!("") => {
-                        x.insert("targetPort".into(), t);
-                    }
-                    _ => {}
-                }
-                plain(&mut x, "nodePort", p.node_port);
-                Value::Object(x)
-            })
-            .collect();
-        o.insert("ports".into(), Value::Array(ports));
-    }
+    objects(&mut o, "ports", s.ports, |p, x| {
+        plain(x, "name", p.name);
+        plain(x, "protocol", p.protocol);
+        opt(x, "appProtocol", p.app_protocol);
+        plain(x, "port", p.port);
+        // A zero IntOrString is an unset one (the server defaults it to the port).
+        plain(x, "targetPort", p.target_port.map(int_or_string));
+        plain(x, "nodePort", p.node_port);
+    });
     string_map(&mut o, "selector", s.selector);
     plain(&mut o, "clusterIP", s.cluster_ip);
     strings(&mut o, "clusterIPs", s.cluster_ips);

@@ -474,3 +474,19 @@ impl Registry {
             .retain(|(g, _, p), t| !(g == group && p == plural && t.schema.is_some()));
     }
 }
+
+/// For tests: a cluster-scoped CRD `pools.example.com` (kind Pool) whose one version
+/// `v1` has the given fields besides its name (`schema`, `additionalPrinterColumns`).
+#[cfg(test)]
+pub fn register_pool_crd(reg: &mut Registry, version: Value) {
+    let mut v = json!({"name": "v1", "served": true, "storage": true});
+    if let (Some(m), Value::Object(extra)) = (v.as_object_mut(), version) {
+        m.extend(extra);
+    }
+    reg.register_crd(&json!({
+        "metadata": {"name": "pools.example.com"},
+        "spec": {"group": "example.com", "scope": "Cluster",
+            "names": {"plural": "pools", "kind": "Pool"}, "versions": [v]}
+    }))
+    .expect("a valid CRD");
+}

@@ -240,12 +240,7 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
     }
     if rt.schema.is_some() {
         let mut out = vec![col("Name", 0)];
-        let custom = if rt.printer_columns.is_empty() {
-            vec![json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})]
-        } else {
-            rt.printer_columns.clone()
-        };
-        for c in custom {
+        for c in custom_columns(rt) {
             out.push(Column {
                 name: c["name"].as_str().unwrap_or_default().into(),
                 kind: c["type"].as_str().unwrap_or("string").into(),
@@ -259,6 +254,16 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
     let mut created = col("Created At", 0);
     created.kind = "date".into();
     vec![col("Name", 0), created]
+}
+
+/// A custom resource's columns after NAME: its `additionalPrinterColumns`, or AGE as the
+/// real server adds when it has none.
+fn custom_columns(rt: &ResourceType) -> Vec<Value> {
+    if rt.printer_columns.is_empty() {
+        vec![json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})]
+    } else {
+        rt.printer_columns.clone()
+    }
 }
 
 fn s<'a>(v: &'a Value, path: &str) -> &'a str {
@@ -450,12 +455,7 @@ fn cells(rt: &ResourceType, o: &Value, now: Timestamp) -> Vec<Value> {
         ("events.k8s.io", "events") => event_cells(&crate::objects::event_to_core(o), now),
         _ if rt.schema.is_some() => {
             let mut out = vec![name];
-            let custom = if rt.printer_columns.is_empty() {
-                vec![json!({"type": "date", "jsonPath": ".metadata.creationTimestamp"})]
-            } else {
-                rt.printer_columns.clone()
-            };
-            for c in &custom {
+            for c in &custom_columns(rt) {
                 let kind = c["type"].as_str().unwrap_or("string");
                 let found = JsonPath::parse(c["jsonPath"].as_str().unwrap_or_default())
                     .map(|p| p.find(o).first().copied().cloned());
@@ -871,22 +871,19 @@ mod tests {
     #[test]
     fn custom_resources_use_their_printer_columns() {
         let mut reg = Registry::default();
-        reg.register_crd(&json!({
-            "metadata": {"name": "pools.example.com"},
-            "spec": {"group": "example.com", "scope": "Cluster",
-                "names": {"plural": "pools", "kind": "Pool"},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {"type": "object",
-                        "x-kubernetes-preserve-unknown-fields": true}},
-                    "additionalPrinterColumns": [
-                        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
-                        {"name": "Used", "type": "integer", "jsonPath": ".status.used"},
-                        {"name": "Ready", "type": "string",
-                         "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-                    ]}]}
-        }))
-        .unwrap();
+        crate::registry::register_pool_crd(
+            &mut reg,
+            json!({
+            "schema": {"openAPIV3Schema": {"type": "object",
+                "x-kubernetes-preserve-unknown-fields": true}},
+            "additionalPrinterColumns": [
+                {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+                {"name": "Used", "type": "integer", "jsonPath": ".status.used"},
+                {"name": "Ready", "type": "string",
+                 "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+            ]}),
+        );
         let rt = reg.get("example.com", "v1", "pools").unwrap();
         let now: Timestamp = "2026-01-01T02:00:00Z".parse().unwrap();
         let pool = json!({
