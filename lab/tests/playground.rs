@@ -137,6 +137,31 @@ fn a_kept_lab_is_a_kubectl_playground_until_down() {
     println!("{route}");
     let table = lab_cmd(&["exec", "node-1", "ip", "route", "show", "table", "200"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains(&ip));
+    // The rest of the README's session: describe lists each node's announcement, and
+    // the routing objects show their columns.
+    let described = poll("describe lists the three announcements", || {
+        let d = kubectl(&kubeconfig, &["describe", "svc", "web"]);
+        (d.contains("AddressAssigned") && d.matches("Announcing").count() == 3).then_some(d)
+    });
+    println!("{described}");
+    let objects = kubectl(&kubeconfig, &["get", "bgppeers,routerconfigs"]);
+    let headers: Vec<Vec<&str>> = objects
+        .lines()
+        .filter(|l| l.starts_with("NAME"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            vec!["NAME", "ADDRESS", "ASN", "ESTABLISHED", "AGE"],
+            vec!["NAME", "ASN", "DAEMON", "TABLE", "NODES", "AGE"]
+        ],
+        "{objects}"
+    );
+    assert!(
+        objects.contains("3/3"),
+        "every node's session established: {objects}"
+    );
     let nowhere = lab_cmd(&["exec", "nowhere", "true"]);
     assert!(!nowhere.status.success());
     let err = String::from_utf8_lossy(&nowhere.stderr);
