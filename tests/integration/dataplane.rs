@@ -412,7 +412,10 @@ fn drift_is_repaired_from_notifications() {
         }
         start.elapsed()
     };
-    wait("initial state", &|| addrs(&ns).len() == 2);
+    // The runner's thread creates kube-lb0: it may not be there yet.
+    wait("initial state", &|| {
+        ns.ip_ok(&["link", "show", "kube-lb0"]) && addrs(&ns).len() == 2
+    });
     ns.ip(&["addr", "del", "203.0.113.10/32", "dev", "kube-lb0"]);
     ns.ip(&[
         "route",
