@@ -1291,6 +1291,68 @@ impl Lab {
         v4 + &v6
     }
 
+    /// What every routing daemon knows of one address, for a failing test to show: the
+    /// router's BGP routes, and each node's table 200, kube-lb0 addresses, daemon route
+    /// and sessions, with the end of its daemon's log.
+    pub fn explain(&self, addr: IpAddr) -> String {
+        let a = addr.to_string();
+        let birdc = |dir: &Path, cmd: &str| {
+            run(Command::new("birdc")
+                .arg("-s")
+                .arg(dir.join("bird.ctl"))
+                .arg(cmd))
+            .unwrap_or_else(|e| format!("{e:#}"))
+        };
+        let vtysh = |dir: &Path, cmd: &str| {
+            run(Command::new("vtysh")
+                .arg("--vty_socket")
+                .arg(dir.join("frr"))
+                .args(["-c", cmd]))
+            .unwrap_or_else(|e| format!("{e:#}"))
+        };
+        let tail = |path: PathBuf| {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        let mut out = String::new();
+        for r in &self.routers {
+            let view = match self.opts.router {
+                Kind::Bird => birdc(&r.dir, &format!("show route all for {a}")),
+                Kind::Frr => vtysh(&r.dir, &format!("show bgp ipv4 unicast {a}")),
+            };
+            out.push_str(&format!("== router {}: {view}\n", r.netns));
+        }
+        for n in &self.nodes {
+            let ns = &n.netns;
+            let table = in_ns(ns, &["ip", "route", "show", "table", "200", &a]).unwrap_or_default();
+            let addrs = in_ns(
+                ns,
+                &["ip", "-o", "addr", "show", "dev", "kube-lb0", "to", &a],
+            )
+            .unwrap_or_default();
+            let (view, log) = match n.kind {
+                Kind::Bird => (
+                    birdc(&n.dir, &format!("show route all for {a}"))
+                        + &birdc(&n.dir, "show protocols"),
+                    tail(n.dir.join("bird.log")),
+                ),
+                Kind::Frr => (
+                    vtysh(&n.dir, &format!("show ip route {a}"))
+                        + &vtysh(&n.dir, &format!("show bgp ipv4 unicast {a}"))
+                        + &vtysh(&n.dir, "show bgp summary"),
+                    tail(n.dir.join("frr/zebra.log")) + "\n" + &tail(n.dir.join("frr/bgpd.log")),
+                ),
+            };
+            out.push_str(&format!(
+                "== {} ({}): table 200: {table}kube-lb0: {addrs}daemon:\n{view}\nlog:\n{log}\n",
+                n.name,
+                n.kind.name()
+            ));
+        }
+        out
+    }
+
     /// The next hops of the router's route to an address.
     pub fn nexthops(&self, router: usize, addr: IpAddr) -> BTreeSet<IpAddr> {
         self.nexthops_to(router, &addr.to_string())

@@ -179,7 +179,9 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
     let services = lab.services();
     let limit = Instant::now() + Duration::from_secs(90);
     let mut last;
+    let (mut unrouted, mut unassigned);
     loop {
+        (unrouted, unassigned) = (None, None);
         let converged = async {
             let list = services.list(&Default::default()).await.ok()?;
             let names: BTreeSet<String> = list
@@ -194,6 +196,7 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
             for s in &list.items {
                 let ips = routelb_core::service::ingress_ips(s);
                 if ips.len() != 1 || !addresses.insert(ips[0]) {
+                    unassigned = s.metadata.name.clone();
                     return Some(Err(format!("{:?} shows {ips:?}", s.metadata.name)));
                 }
             }
@@ -214,6 +217,7 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
             let all = lab.node_addrs(0..lab.nodes.len());
             for a in &addresses {
                 if lab.nexthops(0, *a) != all {
+                    unrouted = Some(*a);
                     return Some(Err(format!(
                         "the router's route to {a}: {}",
                         lab.route(0, *a)
@@ -230,7 +234,11 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
         }
         assert!(
             Instant::now() < limit,
-            "no convergence after the chaos (seed {seed}): {last}"
+            "no convergence after the chaos (seed {seed}): {last}\n{}{}",
+            unrouted.map(|a| lab.explain(a)).unwrap_or_default(),
+            unassigned
+                .map(|name| allocator_logs(&lab, &name))
+                .unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -240,4 +248,28 @@ async fn chaos_keeps_every_address_unique_and_every_node_announcing_what_it_shou
         seen.is_empty(),
         "an address was on two Services during the chaos (seed {seed}): {seen:?}"
     );
+}
+
+/// What the allocators logged about a Service, their leadership and their troubles.
+fn allocator_logs(lab: &Lab, service: &str) -> String {
+    ["allocator", "allocator-2"]
+        .iter()
+        .map(|name| {
+            let log = lab.allocator_log(name);
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains(service)
+                        || l.contains("leader")
+                        || l.contains("WARN")
+                        || l.contains("ERROR")
+                })
+                .collect();
+            format!(
+                "== {name}.log (of {} lines):\n{}\n",
+                log.lines().count(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            )
+        })
+        .collect()
 }

@@ -88,10 +88,13 @@ impl Fence {
         self.term() == Some(term)
     }
 
-    /// A renewal sent at `sent` succeeded; `acquired` when it began a new term.
+    /// A renewal sent at `sent` succeeded; `acquired` when it began a new term. A
+    /// renewal after the fence ran out begins a new term too: the Lease may have been
+    /// someone else's meantime, and writes queued before the gap must never pass.
     fn renewed_at(&self, sent: Duration, acquired: bool) {
         let mut renewed = self.renewed();
-        if acquired || renewed.is_none() {
+        let lapsed = renewed.is_none_or(|t| sent.saturating_sub(t) >= self.inner.deadline);
+        if acquired || lapsed {
             self.inner.term.fetch_add(1, Ordering::SeqCst);
         }
         *renewed = Some(sent);
@@ -285,8 +288,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         assert!(!fence.holds(term));
         // A renewal sent before the wait proves nothing now.
-        fence.renewed_at(boottime() - Duration::from_millis(300), false);
+        fence.renewed_at(boottime() - Duration::from_millis(240), false);
+        assert_eq!(fence.term(), None);
+        // A renewal after the fence ran out is a new term, even of the same holder:
+        // writes of the term before the gap stay fenced off.
+        fence.renewed_at(boottime(), false);
         assert!(!fence.holds(term));
+        let term = fence.term().expect("renewed");
         // A new acquisition is a new term: the old term's writers stay fenced off.
         fence.renewed_at(boottime(), true);
         assert!(!fence.holds(term));
