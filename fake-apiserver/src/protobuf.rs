@@ -638,6 +638,12 @@ pub fn encode(v: &Value) -> Option<Vec<u8>> {
         .encode_to_vec(),
         _ => return None,
     };
+    Some(envelope(api_version, kind, raw))
+}
+
+/// An encoded object in the Kubernetes protobuf envelope: the magic prefix, then a
+/// `runtime.Unknown` naming its type.
+fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
     let envelope = Unknown {
         type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
             api_version: Some(api_version.into()),
@@ -649,28 +655,12 @@ pub fn encode(v: &Value) -> Option<Vec<u8>> {
     };
     let mut out = MAGIC.to_vec();
     out.extend(envelope.encode_to_vec());
-    Some(out)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_pb::apimachinery::pkg::runtime::TypeMeta;
-
-    fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
-        let u = Unknown {
-            type_meta: Some(TypeMeta {
-                api_version: Some(api_version.into()),
-                kind: Some(kind.into()),
-            }),
-            raw: Some(raw),
-            content_encoding: Some(String::new()),
-            content_type: Some(String::new()),
-        };
-        let mut out = MAGIC.to_vec();
-        out.extend(u.encode_to_vec());
-        out
-    }
 
     #[test]
     fn typed_kubectl_bodies_become_the_json_objects_they_describe() {
