@@ -234,6 +234,22 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").args(args))
 }
 
+/// One command to the BIRD whose files (`bird.ctl`) are in `dir`.
+fn birdc(dir: &Path, cmd: &str) -> anyhow::Result<String> {
+    run(Command::new("birdc")
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg(cmd))
+}
+
+/// One command to the FRR whose files (`frr/`) are in `dir`.
+fn vtysh(dir: &Path, cmd: &str) -> anyhow::Result<String> {
+    run(Command::new("vtysh")
+        .arg("--vty_socket")
+        .arg(dir.join("frr"))
+        .args(["-c", cmd]))
+}
+
 fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
@@ -991,11 +1007,7 @@ impl Lab {
     pub fn stop_daemon(&mut self, i: usize, graceful: bool) {
         let n = self.nodes[i].clone();
         if graceful && n.kind == Kind::Bird {
-            let _ = Command::new("birdc")
-                .arg("-s")
-                .arg(n.dir.join("bird.ctl"))
-                .args(["graceful", "restart"])
-                .output();
+            let _ = birdc(&n.dir, "graceful restart");
         }
         for p in ["bird", "bgpd", "bfdd", "zebra"] {
             self.stop_proc(&format!("{p}-{}", n.name), "-TERM");
@@ -1173,10 +1185,7 @@ impl Lab {
             .iter()
             .map(|r| match self.opts.router {
                 Kind::Bird => {
-                    let out = run(Command::new("birdc")
-                        .arg("-s")
-                        .arg(r.dir.join("bird.ctl"))
-                        .arg("show protocols"))?;
+                    let out = birdc(&r.dir, "show protocols")?;
                     Ok(out
                         .lines()
                         .filter(|l| l.contains("BGP") && l.contains("Established"))
@@ -1187,10 +1196,7 @@ impl Lab {
                         .collect())
                 }
                 Kind::Frr => {
-                    let out = run(Command::new("vtysh")
-                        .arg("--vty_socket")
-                        .arg(r.dir.join("frr"))
-                        .args(["-c", "show bgp neighbors json"]))?;
+                    let out = vtysh(&r.dir, "show bgp neighbors json")?;
                     let v: Value = serde_json::from_str(&out).unwrap_or_default();
                     Ok(v.as_object()
                         .into_iter()
@@ -1267,14 +1273,8 @@ impl Lab {
     pub fn bfd_sessions_up(&self) -> usize {
         let r = &self.routers[0];
         let out = match self.opts.router {
-            Kind::Bird => run(Command::new("birdc")
-                .arg("-s")
-                .arg(r.dir.join("bird.ctl"))
-                .args(["show", "bfd", "sessions"])),
-            Kind::Frr => run(Command::new("vtysh")
-                .arg("--vty_socket")
-                .arg(r.dir.join("frr"))
-                .args(["-c", "show bfd peers brief"])),
+            Kind::Bird => birdc(&r.dir, "show bfd sessions"),
+            Kind::Frr => vtysh(&r.dir, "show bfd peers brief"),
         };
         out.unwrap_or_default()
             .lines()
@@ -1296,20 +1296,9 @@ impl Lab {
     /// and sessions, with the end of its daemon's log.
     pub fn explain(&self, addr: IpAddr) -> String {
         let a = addr.to_string();
-        let birdc = |dir: &Path, cmd: &str| {
-            run(Command::new("birdc")
-                .arg("-s")
-                .arg(dir.join("bird.ctl"))
-                .arg(cmd))
-            .unwrap_or_else(|e| format!("{e:#}"))
-        };
-        let vtysh = |dir: &Path, cmd: &str| {
-            run(Command::new("vtysh")
-                .arg("--vty_socket")
-                .arg(dir.join("frr"))
-                .args(["-c", cmd]))
-            .unwrap_or_else(|e| format!("{e:#}"))
-        };
+        let or_error = |r: anyhow::Result<String>| r.unwrap_or_else(|e| format!("{e:#}"));
+        let birdc = |dir: &Path, cmd: &str| or_error(birdc(dir, cmd));
+        let vtysh = |dir: &Path, cmd: &str| or_error(vtysh(dir, cmd));
         let tail = |path: PathBuf| {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
