@@ -45,7 +45,7 @@ async fn wait_reports(
 }
 
 /// Waits until a cluster object's status satisfies `ok`.
-async fn wait_status<K>(api: &Api<K>, name: &str, ok: impl Fn(&K) -> bool) -> K
+async fn wait_status<K>(lab: &Lab, api: &Api<K>, name: &str, ok: impl Fn(&K) -> bool) -> K
 where
     K: kube::Resource
         + Clone
@@ -61,8 +61,9 @@ where
         }
         assert!(
             start.elapsed() < WAIT,
-            "{name} after {WAIT:?}: {}",
-            serde_json::to_string_pretty(&o).unwrap()
+            "{name} after {WAIT:?}: {}\nthe allocator's log:\n{}",
+            serde_json::to_string_pretty(&o).unwrap(),
+            lab.allocator_log("allocator")
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -171,14 +172,14 @@ async fn node_status_follows_the_sessions_and_routelb_status_explains_each_servi
         assert_eq!(s.kernel.as_ref().unwrap().table, 200);
     }
     let peers: Api<BGPPeer> = Api::all(lab.client.clone());
-    wait_status(&peers, "leaf1", |p| {
+    wait_status(&lab, &peers, "leaf1", |p| {
         p.status.as_ref().and_then(|s| s.sessions.as_deref()) == Some("2/2")
     })
     .await;
     let configs: Api<RouterConfig> = Api::all(lab.client.clone());
     for rc in configs.list(&Default::default()).await.unwrap() {
         let name = kube::ResourceExt::name_any(&rc);
-        wait_status(&configs, &name, |c| {
+        wait_status(&lab, &configs, &name, |c| {
             c.status.as_ref().and_then(|s| s.nodes) == Some(1)
         })
         .await;
@@ -335,7 +336,7 @@ async fn node_status_follows_the_sessions_and_routelb_status_explains_each_servi
         assert_eq!(c.status, "False", "{c:?}");
     }
     capture(&lab, "router-down");
-    wait_status(&peers, "leaf1", |p| {
+    wait_status(&lab, &peers, "leaf1", |p| {
         p.status.as_ref().is_some_and(|s| {
             s.sessions.as_deref() == Some("0/2")
                 && s.conditions
@@ -373,7 +374,7 @@ async fn node_status_follows_the_sessions_and_routelb_status_explains_each_servi
     // And back.
     lab.start_router(0).unwrap();
     wait_reports(&lab, "sessions Established again", established).await;
-    wait_status(&peers, "leaf1", |p| {
+    wait_status(&lab, &peers, "leaf1", |p| {
         p.status.as_ref().and_then(|s| s.sessions.as_deref()) == Some("2/2")
     })
     .await;
